@@ -1,0 +1,52 @@
+"""The transformer block: attention then feed-forward, each wrapped in a norm and a residual.
+
+Pre-LN (GPT-2 onwards, Llama):   x = x + attn(norm(x));   x = x + ffn(norm(x))
+Post-LN (the 2017 Transformer):  x = norm(x + attn(x));   x = norm(x + ffn(x))
+
+Pre-LN keeps an un-normalised "residual stream" from input to output, so gradients reach early
+layers undiminished; Post-LN normalises that stream after every sub-layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmlab.config import ModelConfig
+from mmlab.model.attention import Attention
+from mmlab.model.ffn import make_ffn
+from mmlab.model.kv_cache import KVCache
+from mmlab.model.norm import make_norm
+
+
+class Block(nn.Module):
+    """x (B, T, C) -> (B, T, C), plus the attention weights when asked for."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.pre_norm = cfg.norm_position == "pre"
+        self.residual = cfg.residual
+        self.attn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
+        self.attn = Attention(cfg, layer_idx)
+        self.ffn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
+        self.ffn = make_ffn(cfg)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        bias: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.pre_norm:
+            h, weights = self.attn(self.attn_norm(x), rope, bias, cache, need_weights)
+            x = x + h if self.residual else h
+            h = self.ffn(self.ffn_norm(x))
+            x = x + h if self.residual else h
+        else:
+            h, weights = self.attn(x, rope, bias, cache, need_weights)
+            x = self.attn_norm(x + h if self.residual else h)
+            h = self.ffn(x)
+            x = self.ffn_norm(x + h if self.residual else h)
+        return x, weights

@@ -1,0 +1,100 @@
+"""Model arithmetic: parameters per component, FLOPs per token, KV-cache bytes per token.
+
+Parameters are counted on a model built on the ``meta`` device (shapes only, no memory), so even a
+large preset is summarised instantly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mmlab.config import ModelConfig
+from mmlab.model.lm import MiniMindLM
+
+COMPONENTS = ("embedding", "position", "attention", "ffn", "norm", "lm_head")
+
+
+def _component(name: str) -> str:
+    if name.startswith("tok_emb"):
+        return "embedding"
+    if name.startswith("pos_emb"):
+        return "position"
+    if name.startswith("lm_head"):
+        return "lm_head"
+    if ".attn." in name:
+        return "attention"
+    if ".ffn." in name:
+        return "ffn"
+    return "norm"
+
+
+def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
+    """Unique parameters per component (a tied LM head counts under ``embedding`` only)."""
+    with torch.device("meta"):
+        model = MiniMindLM(cfg)
+    counts = dict.fromkeys(COMPONENTS, 0)
+    for name, p in model.named_parameters():  # named_parameters() yields a shared tensor once
+        counts[_component(name)] += p.numel()
+    return counts
+
+
+def flops_per_token(cfg: ModelConfig, context: int) -> dict[str, int]:
+    """Forward FLOPs per token at a given context length (a multiply-add counts as 2 FLOPs).
+
+    matmul: 2 * (every weight matrix a token passes through, the LM head included, the embedding
+    lookup excluded). attention: QK^T and AV cost 2 * 2 * n_layers * context * (n_heads * head_dim)
+    for a token that attends to ``context`` keys (the worst case; causal averages half of that).
+    Training costs about 3x forward (backward = 2x forward).
+    """
+    counts = param_breakdown(cfg)
+    matmul_params = counts["attention"] + counts["ffn"] + cfg.vocab_size * cfg.hidden_size
+    matmul = 2 * matmul_params
+    attention = 4 * cfg.n_layers * context * cfg.n_heads * cfg.head_dim
+    return {"matmul": matmul, "attention": attention, "forward": matmul + attention,
+            "train": 3 * (matmul + attention)}
+
+
+def kv_cache_bytes_per_token(cfg: ModelConfig, bytes_per_value: int = 2) -> int:
+    """2 (K and V) * n_layers * n_kv_heads * head_dim * bytes per value."""
+    return 2 * cfg.n_layers * cfg.kv_heads * cfg.head_dim * bytes_per_value
+
+
+def summarize(cfg: ModelConfig, context: int | None = None) -> dict[str, Any]:
+    """Everything ``mmlab model summary`` prints, as a JSON-able dict."""
+    context = context or cfg.max_seq_len
+    counts = param_breakdown(cfg)
+    total = sum(counts.values())
+    return {
+        "preset": cfg.name,
+        "config": cfg.to_dict(),
+        "params": {"total": total, "non_embedding": total - counts["embedding"] - counts["position"],
+                   "by_component": counts},
+        "flops_per_token": {"context": context, **flops_per_token(cfg, context)},
+        "kv_cache_bytes_per_token": {"fp32": kv_cache_bytes_per_token(cfg, 4),
+                                     "bf16": kv_cache_bytes_per_token(cfg, 2)},
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """A human-readable table of ``summarize``'s result."""
+    cfg = s["config"]
+    p = s["params"]
+    kv = "MHA" if cfg["n_kv_heads"] in (None, cfg["n_heads"]) else ("MQA" if cfg["n_kv_heads"] == 1 else "GQA")
+    head = (f"{s['preset']}: {cfg['n_layers']} layers, hidden {cfg['hidden_size']}, "
+            f"{cfg['n_heads']} heads / {cfg['n_kv_heads'] or cfg['n_heads']} KV heads ({kv}), "
+            f"vocab {cfg['vocab_size']}, context {cfg['max_seq_len']}")
+    switches = (f"norm={cfg['norm']} ({cfg['norm_position']}), pos={cfg['pos_encoding']}, "
+                f"ffn={cfg['ffn_act']}, tied={cfg['tie_embeddings']}")
+    lines = [head, switches, "", f"{'component':<12}{'params':>14}{'share':>9}"]
+    for name, n in p["by_component"].items():
+        if n:
+            lines.append(f"{name:<12}{n:>14,}{100 * n / p['total']:>8.1f}%")
+    lines += [f"{'total':<12}{p['total']:>14,}", f"{'non-embed.':<12}{p['non_embedding']:>14,}", ""]
+    f = s["flops_per_token"]
+    lines.append(f"FLOPs/token (forward, context {f['context']}): {f['forward']:,} "
+                 f"= matmul {f['matmul']:,} + attention {f['attention']:,}; training ~{f['train']:,}")
+    k = s["kv_cache_bytes_per_token"]
+    lines.append(f"KV cache/token: {k['bf16']:,} B in bf16, {k['fp32']:,} B in fp32")
+    return "\n".join(lines)
