@@ -95,7 +95,7 @@ class MiniMindLM(nn.Module):
     ) -> ModelOutput:
         """idx: (B, T) token ids; targets: (B, T) next-token ids (IGNORE_INDEX to skip);
         cache: past keys/values — idx then holds only the new tokens."""
-        B, T = idx.shape
+        T = idx.shape[1]
         start = cache.seq_len if cache is not None else 0
         if start + T > self.cfg.max_seq_len:
             raise ValueError(

@@ -1,0 +1,73 @@
+"""With the Llama switches, MiniMindLM *is* a Llama: same weights -> same logits as `transformers`."""
+
+import pytest
+import torch
+
+from mmlab.config import RopeScaling, get_preset
+from mmlab.errors import ConfigError
+from mmlab.model import MiniMindLM
+from mmlab.model.hf import from_hf_state_dict, llama_incompatibilities, to_hf_state_dict, to_llama_config_dict
+from mmlab.model.rope import rope_inv_freq
+
+transformers = pytest.importorskip("transformers")
+
+
+def hf_llama(cfg):
+    config = transformers.LlamaConfig(**to_llama_config_dict(cfg))
+    config._attn_implementation = "eager"
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"n_kv_heads": None},  # MHA
+        {"n_kv_heads": 2},  # GQA
+        {"n_kv_heads": 1, "tie_embeddings": False},  # MQA, untied head
+        {"n_kv_heads": 2, "rope_scaling": RopeScaling(kind="yarn", factor=4.0, original_max_seq_len=16)},
+    ],
+    ids=["mha", "gqa", "mqa-untied", "gqa-yarn"],
+)
+def test_logits_match_llama(changes):
+    cfg = get_preset("nano", hidden_size=64, n_heads=4, n_layers=3, vocab_size=101, **changes)
+    ours = MiniMindLM(cfg).eval()
+    # random, not-at-init norms too, so a transposed or missing norm weight would show
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    theirs = hf_llama(cfg)
+    missing, unexpected = theirs.load_state_dict(to_hf_state_dict(ours.state_dict(), cfg), strict=False)
+    assert not unexpected and all(k == "lm_head.weight" for k in missing)  # tied head comes from the embedding
+    idx = torch.randint(0, cfg.vocab_size, (2, 37))
+    with torch.no_grad():
+        ref = theirs(idx).logits
+        got = ours(idx).logits
+    assert (got - ref).abs().max().item() <= 1e-4
+
+
+def test_state_dict_round_trip_through_hf_names():
+    cfg = get_preset("nano")
+    a = MiniMindLM(cfg)
+    b = MiniMindLM(cfg)
+    b.load_state_dict(from_hf_state_dict(to_hf_state_dict(a.state_dict(), cfg), cfg))
+    idx = torch.randint(0, cfg.vocab_size, (1, 8))
+    torch.testing.assert_close(a(idx).logits, b(idx).logits)
+
+
+def test_yarn_frequencies_match_transformers():
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    cfg = get_preset("nano", rope_scaling=RopeScaling(kind="yarn", factor=8.0, original_max_seq_len=32))
+    config = transformers.LlamaConfig(**to_llama_config_dict(cfg))
+    ref, ref_factor = ROPE_INIT_FUNCTIONS["yarn"](config, "cpu")
+    ours, factor = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    torch.testing.assert_close(ours, ref.float())
+    assert factor == pytest.approx(ref_factor)
+
+
+def test_non_llama_configs_are_refused_with_the_reason():
+    cfg = get_preset("nano", norm="layernorm", ffn_act="gelu")
+    assert len(llama_incompatibilities(cfg)) == 2
+    with pytest.raises(ConfigError, match="norm='layernorm'"):
+        to_llama_config_dict(cfg)
