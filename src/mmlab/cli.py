@@ -55,6 +55,88 @@ def _cmd_model_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from mmlab.data.registry import REGISTRY, cache_dir, mirror_dir
+    from mmlab.data.synthetic import SYNTHETIC_CORPORA
+
+    print(f"cache: {cache_dir()}   mirror (MMLAB_DATA_MIRROR): {mirror_dir() or 'unset'}")
+    for ds in REGISTRY.values():
+        print(f"{ds.name:<24}{ds.size:>11,} B  {ds.kind:<6} {ds.description}")
+    for name in SYNTHETIC_CORPORA:
+        print(f"{name:<24}{'built-in':>13}  text   deterministic story-world corpus (no file, works offline)")
+    return 0
+
+
+def _cmd_data_path(args: argparse.Namespace) -> int:
+    from mmlab.data.registry import dataset_path
+
+    print(dataset_path(args.name, download=not args.no_download))
+    return 0
+
+
+def _cmd_data_download(args: argparse.Namespace) -> int:
+    from mmlab.data.registry import REGISTRY, fetch, get_dataset
+
+    names = list(REGISTRY) if args.all else args.names
+    if not names:
+        raise MMLabError("name at least one dataset, or pass --all")
+    for name in names:
+        print(f"{name}: {fetch(get_dataset(name), force=args.force)}")
+    return 0
+
+
+def _cmd_data_verify(args: argparse.Namespace) -> int:
+    from mmlab.data.registry import REGISTRY, DataError, dataset_path
+
+    failures = 0
+    for name in args.names or list(REGISTRY):
+        try:
+            print(f"ok      {name}: {dataset_path(name, download=False)}")
+        except DataError as e:
+            failures += 1
+            print(f"FAILED  {name}: {e}")
+    return 1 if failures else 0
+
+
+def _train_config(args: argparse.Namespace):
+    from mmlab.train.config import TrainConfig
+
+    fields = {k: getattr(args, k) for k in ("max_iters", "batch_size", "block_size", "grad_accum", "lr", "min_lr",
+                                            "warmup_iters", "schedule", "weight_decay", "grad_clip", "dtype",
+                                            "device", "compile", "eval_interval", "eval_batches", "log_interval",
+                                            "seed")
+              if getattr(args, k, None) is not None}
+    return TrainConfig(out_dir=args.out, **fields)
+
+
+def _cmd_train_pretrain(args: argparse.Namespace) -> int:
+    from mmlab.train.pretrain import pretrain
+
+    result = pretrain(args.config or args.preset, args.data, _train_config(args), tokenizer=args.tokenizer,
+                      resume=args.resume)
+    print(f"done: {result.steps} steps in {result.elapsed_s:.1f} s, final val loss "
+          f"{result.final_val_loss:.4f}; checkpoint {result.out_dir / 'ckpt'}, plot {result.out_dir / 'loss.png'}")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from mmlab.infer.sample import sample_text
+
+    for piece in sample_text(args.ckpt, args.prompt, max_new_tokens=args.max_new_tokens,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                             repetition_penalty=args.repetition_penalty, seed=args.seed, device=args.device):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from mmlab.quickstart import quickstart
+
+    quickstart(out=args.out, max_iters=args.max_iters, overwrite=args.overwrite)
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -94,6 +176,81 @@ def build_parser() -> argparse.ArgumentParser:
     presets = model_sub.add_parser("presets", help="list the named presets",
                                    description="List the named model presets with their sizes.")
     presets.set_defaults(func=_cmd_model_presets)
+
+    data = sub.add_parser("data", help="the dataset registry: list, locate, download, verify",
+                          description="Named datasets: cache ($MMLAB_DATA_DIR) -> mirror ($MMLAB_DATA_MIRROR) -> "
+                                      "download, each checked against its sha256.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    p = data_sub.add_parser("list", help="every registered dataset", description="List every registered dataset.")
+    p.set_defaults(func=_cmd_data_list)
+    p = data_sub.add_parser("path", help="the verified local path of a dataset",
+                            description="Print the verified local path of a dataset (downloading if needed).")
+    p.add_argument("name")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading")
+    p.set_defaults(func=_cmd_data_path)
+    p = data_sub.add_parser("download", help="download datasets into the cache",
+                            description="Download datasets into the cache, checking their sha256.")
+    p.add_argument("names", nargs="*")
+    p.add_argument("--all", action="store_true", help="every registered dataset")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.set_defaults(func=_cmd_data_download)
+    p = data_sub.add_parser("verify", help="check cached / mirrored files against their sha256",
+                            description="Check every (or the named) dataset's local file; exit 1 on a failure.")
+    p.add_argument("names", nargs="*")
+    p.set_defaults(func=_cmd_data_verify)
+
+    train = sub.add_parser("train", help="train a model", description="Train a model.")
+    train_sub = train.add_subparsers(dest="train_command", metavar="STAGE", required=True)
+    p = train_sub.add_parser("pretrain", help="pretrain from scratch on a corpus",
+                             description="Pretrain a model from scratch on a text corpus (next-token prediction).")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--preset", default="shakespeare-char", help="model preset (default: shakespeare-char)")
+    source.add_argument("--config", help="a ModelConfig JSON file instead of a preset")
+    p.add_argument("--data", default="tinyshakespeare",
+                   help="a dataset name (`mmlab data list`), synthetic-stories, or a .txt/.jsonl path")
+    p.add_argument("--tokenizer", default="auto",
+                   help="char | bpe | a saved tokenizer folder (default: char for small vocabularies, else bpe)")
+    p.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl, loss.png")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--max-iters", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--block-size", type=_positive_int, help="tokens per row (default: the model's max_seq_len)")
+    p.add_argument("--grad-accum", type=_positive_int, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--min-lr", type=float)
+    p.add_argument("--warmup-iters", type=int)
+    p.add_argument("--schedule", choices=["cosine", "constant", "wsd"])
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--dtype", choices=["fp32", "bf16"])
+    p.add_argument("--device", help="auto | cpu | cuda | mps")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--eval-interval", type=_positive_int)
+    p.add_argument("--eval-batches", type=_positive_int)
+    p.add_argument("--log-interval", type=_positive_int)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=_cmd_train_pretrain)
+
+    p = sub.add_parser("sample", help="generate text from a checkpoint",
+                       description="Generate text from a checkpoint, streaming tokens as they come.")
+    p.add_argument("--ckpt", required=True, help="a checkpoint folder or a run folder holding ckpt/")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of text)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("quickstart", help="train a tiny Shakespeare model in about two minutes, then sample",
+                       description="Train the shakespeare-char preset on TinyShakespeare (the synthetic corpus "
+                                   "when it is unreachable), show the loss falling, save the plot, print a sample.")
+    p.add_argument("--out", default="runs/quickstart", help="run folder (default: runs/quickstart)")
+    p.add_argument("--max-iters", type=_positive_int, default=None, help="optimizer steps (default: the recipe's)")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out first")
+    p.set_defaults(func=_cmd_quickstart)
     return parser
 
 

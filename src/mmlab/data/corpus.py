@@ -1,0 +1,113 @@
+"""Reading corpora and record files, with errors that name the file and the line.
+
+A *corpus* is text for pretraining: a registered dataset (``tinyshakespeare``), a built-in
+synthetic corpus (``synthetic-stories``), or a path to a ``.txt`` file (or ``.jsonl`` with a
+``text`` field per line). Document corpora come back as a list of documents.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmlab.data.registry import REGISTRY, DataError, dataset_path, get_dataset
+
+
+@dataclass
+class Corpus:
+    name: str  # registry name, synthetic name or file path
+    documents: list[str]  # a plain-text corpus is one document
+    source: str  # the file it came from, or "synthetic"
+
+    @property
+    def is_documents(self) -> bool:
+        return len(self.documents) > 1
+
+    def text(self, separator: str = "") -> str:
+        return separator.join(self.documents)
+
+
+def read_text(path: str | Path) -> str:
+    """UTF-8 text of a file; undecodable bytes are reported with their line and byte offset."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: bytes {raw[e.start:e.end]!r} at offset {e.start} are not valid UTF-8 ({e.reason})"
+        ) from None
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSON-lines file; a malformed line is an error naming file:line."""
+    path = Path(path)
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        yield record
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+
+
+def split_documents(text: str, separator: str, complete_last: bool = False) -> list[str]:
+    """Split on ``separator``; the piece after the last separator is dropped unless ``complete_last``
+    (a file cut at a byte limit ends mid-document). Empty documents are dropped."""
+    pieces = text.split(separator)
+    if not complete_last and len(pieces) > 1:
+        pieces = pieces[:-1]
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def load_corpus(name_or_path: str, synthetic_chars: int = 400_000, seed: int = 0) -> Corpus:
+    """A registered dataset, ``synthetic-stories``, or a .txt / .jsonl path."""
+    from mmlab.data.synthetic import SYNTHETIC_CORPORA, story_corpus
+
+    if name_or_path in SYNTHETIC_CORPORA:
+        return Corpus(name_or_path, story_corpus(n_chars=synthetic_chars, seed=seed), "synthetic")
+    if name_or_path in REGISTRY:
+        ds = get_dataset(name_or_path)
+        if ds.kind != "text":
+            raise DataError(f"dataset {ds.name!r} is {ds.kind} records, not a text corpus for pretraining")
+        path = dataset_path(ds.name)
+        text = read_text(path)
+        docs = split_documents(text, ds.doc_separator) if ds.doc_separator else [text]
+        corpus = Corpus(ds.name, docs, str(path))
+    else:
+        path = Path(name_or_path)
+        if not path.exists():
+            raise DataError(
+                f"{name_or_path!r} is neither a file nor a known corpus; known: "
+                f"{', '.join([*SYNTHETIC_CORPORA, *(n for n, d in REGISTRY.items() if d.kind == 'text')])}"
+            )
+        if path.suffix == ".jsonl":
+            docs = []
+            for i, record in enumerate(iter_jsonl(path), start=1):
+                if not isinstance(record.get("text"), str):
+                    raise DataError(f"{path}: record {i} has no string field 'text'")
+                docs.append(record["text"])
+        else:
+            text = read_text(path)
+            docs = split_documents(text, "<|endoftext|>", complete_last=True) if "<|endoftext|>" in text else [text]
+        corpus = Corpus(str(path), docs, str(path))
+    if not any(d.strip() for d in corpus.documents):
+        raise DataError(f"{corpus.source}: the corpus is empty")
+    return corpus

@@ -1,0 +1,134 @@
+"""Checkpoints: a folder with the model, its config, its tokenizer and (optionally) the trainer state.
+
+    ckpt/
+      model.safetensors   weights (a tied LM head is stored once; no `_orig_mod.` / `module.` prefixes)
+      config.json         ModelConfig
+      tokenizer.json | char_vocab.json
+      trainer_state.pt    optimizer, step, RNG states, data generator (what resume needs)
+
+Writing is atomic: everything goes to a temporary sibling folder, which then replaces the old
+checkpoint by two renames. A crash at any moment leaves either the old or the new checkpoint whole
+(``ckpt.old`` is picked up if the crash fell between the renames).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_model
+
+from mmlab.config import ModelConfig
+from mmlab.errors import MMLabError
+from mmlab.model.lm import MiniMindLM
+from mmlab.tokenizer.base import Tokenizer, load_tokenizer
+
+MODEL_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "config.json", "trainer_state.pt"
+
+
+class CheckpointError(MMLabError):
+    """A checkpoint is missing, incomplete, or does not fit the model it is loaded into."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: MiniMindLM,
+    tokenizer: Tokenizer | None = None,
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint folder atomically (see module docstring)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        save_model(model, str(tmp / MODEL_FILE))
+        model.cfg.to_json(tmp / CONFIG_FILE)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / STATE_FILE)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = path.with_name(path.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder at ``path``: a checkpoint itself, or a run folder holding ``ckpt/``."""
+    path = Path(path)
+    for candidate in (path, path / "ckpt", path.with_name(path.name + ".old"), path / "ckpt.old"):
+        if (candidate / MODEL_FILE).is_file() and (candidate / CONFIG_FILE).is_file():
+            return candidate
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    raise CheckpointError(f"{path}: not a checkpoint (no {MODEL_FILE} and {CONFIG_FILE} here or in {path}/ckpt)")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> MiniMindLM:
+    """The model of a checkpoint, built from its own config.json."""
+    folder = resolve_checkpoint(path)
+    cfg = ModelConfig.from_json(folder / CONFIG_FILE)
+    model = MiniMindLM(cfg)
+    load_weights(model, folder)
+    return model.to(device)
+
+
+def load_weights(model: MiniMindLM, path: str | Path) -> None:
+    """Load a checkpoint's weights into ``model``; a config mismatch names the differing fields."""
+    folder = resolve_checkpoint(path)
+    saved = ModelConfig.from_json(folder / CONFIG_FILE)
+    if saved != model.cfg:
+        diffs = [f"{k}: checkpoint {v!r} vs model {getattr(model.cfg, k)!r}"
+                 for k, v in saved.to_dict().items() if k != "name" and v != model.cfg.to_dict()[k]]
+        raise CheckpointError(f"{folder} was saved with another config ({'; '.join(diffs)})")
+    try:
+        state = load_file(str(folder / MODEL_FILE))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{folder / MODEL_FILE}: cannot read weights ({e})") from None
+    if model.cfg.tie_embeddings:
+        state.setdefault("lm_head.weight", state.get("tok_emb.weight"))
+        state.setdefault("tok_emb.weight", state.get("lm_head.weight"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{folder / MODEL_FILE}: missing tensors {missing}, unexpected tensors {unexpected}")
+
+
+def load_checkpoint_tokenizer(path: str | Path) -> Tokenizer:
+    return load_tokenizer(resolve_checkpoint(path))
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any]:
+    folder = resolve_checkpoint(path)
+    if not (folder / STATE_FILE).is_file():
+        raise CheckpointError(f"{folder}: no {STATE_FILE}, so this checkpoint cannot be resumed")
+    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)

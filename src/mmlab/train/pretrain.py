@@ -1,0 +1,105 @@
+"""Pretraining: corpus -> tokenizer -> cached tokens -> model -> the training loop."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmlab.config import ModelConfig, get_preset
+from mmlab.data.corpus import Corpus, load_corpus
+from mmlab.data.pretrain import PretrainData, tokenize_corpus
+from mmlab.errors import MMLabError
+from mmlab.model.lm import MiniMindLM
+from mmlab.tokenizer.base import ENDOFTEXT, SPECIAL_TOKENS, Tokenizer, load_tokenizer
+from mmlab.tokenizer.bpe import train_bpe
+from mmlab.tokenizer.char import CharTokenizer
+from mmlab.train.checkpoint import load_checkpoint_tokenizer, resolve_checkpoint
+from mmlab.train.config import TrainConfig
+from mmlab.train.trainer import NextTokenLoss, Trainer, TrainResult
+
+
+@dataclass
+class PretrainBatches:
+    """The BatchSource of pretraining: random windows of the token stream."""
+
+    data: PretrainData
+    block_size: int
+    eval_batch_size: int
+    n_eval_batches: int
+
+    def __post_init__(self) -> None:
+        self._eval = {
+            split: self.data.eval_batches(split, self.n_eval_batches, self.eval_batch_size, self.block_size)
+            for split in ("train", "val") if len(getattr(self.data, split)) > self.block_size + 1
+        }
+
+    def sample(self, split: str, rows: int, generator: torch.Generator):
+        return self.data.get_batch(split, rows, self.block_size, generator)
+
+    def slice_rows(self, batch, start: int, stop: int):
+        return tuple(t[start:stop] for t in batch)
+
+    def eval_batches(self, split: str):
+        return self._eval.get(split, [])
+
+
+def build_tokenizer(spec: str, corpus: Corpus, vocab_size: int) -> Tokenizer:
+    """``char``: the corpus' characters; ``bpe``: a byte-level BPE of ``vocab_size`` trained on the
+    corpus; anything else: a path to a saved tokenizer."""
+    if spec == "char":
+        specials = [ENDOFTEXT] if corpus.is_documents else []
+        return CharTokenizer.from_corpus("".join(corpus.documents), special_tokens=specials)
+    if spec == "bpe":
+        return train_bpe(corpus.documents, vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
+    return load_tokenizer(spec)
+
+
+def prepare_run(
+    model_cfg: ModelConfig | str,
+    data: str,
+    train_cfg: TrainConfig,
+    tokenizer: str = "auto",
+    resume: bool = False,
+) -> tuple[MiniMindLM, Tokenizer, PretrainBatches]:
+    """Everything the loop needs. On resume the model config and tokenizer come from the checkpoint."""
+    corpus = load_corpus(data, seed=train_cfg.seed)
+    if resume:
+        ckpt = resolve_checkpoint(Path(train_cfg.out_dir) / "ckpt")
+        cfg = ModelConfig.from_json(ckpt / "config.json")
+        tok = load_checkpoint_tokenizer(ckpt)
+    else:
+        cfg = get_preset(model_cfg) if isinstance(model_cfg, str) else model_cfg
+        spec = tokenizer if tokenizer != "auto" else ("char" if cfg.vocab_size < 256 else "bpe")
+        tok = build_tokenizer(spec, corpus, cfg.vocab_size)
+        cfg = cfg.replace(vocab_size=tok.vocab_size)
+    block = train_cfg.block_size or cfg.max_seq_len
+    if block > cfg.max_seq_len:
+        raise MMLabError(f"block_size={block} is longer than the model's max_seq_len={cfg.max_seq_len}")
+    tokens = tokenize_corpus(corpus, tok)
+    batches = PretrainBatches(PretrainData.from_tokens(tokens, train_cfg.val_fraction, block), block,
+                              train_cfg.batch_size, train_cfg.eval_batches)
+    torch.manual_seed(train_cfg.seed)
+    return MiniMindLM(cfg), tok, batches
+
+
+def pretrain(
+    model_cfg: ModelConfig | str,
+    data: str,
+    train_cfg: TrainConfig,
+    tokenizer: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    **trainer_kwargs: Any,
+) -> TrainResult:
+    """Train a model from scratch (or resume) on a corpus; returns losses, time and tokens seen."""
+    out = Path(train_cfg.out_dir)
+    if overwrite and not resume and out.exists():
+        shutil.rmtree(out)
+    model, tok, batches = prepare_run(model_cfg, data, train_cfg, tokenizer, resume)
+    trainer = Trainer(model, NextTokenLoss(), batches, train_cfg, tokenizer=tok, resume=resume,
+                      extra_state={"data": data}, **trainer_kwargs)
+    return trainer.fit()
