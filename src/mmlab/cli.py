@@ -110,10 +110,17 @@ def _train_config(args: argparse.Namespace):
 
 
 def _cmd_train_pretrain(args: argparse.Namespace) -> int:
+    from mmlab.config import ModelConfig
+    from mmlab.train import distributed
     from mmlab.train.pretrain import pretrain
 
-    result = pretrain(args.config or args.preset, args.data, _train_config(args), tokenizer=args.tokenizer,
-                      resume=args.resume)
+    model_cfg = ModelConfig.from_json(args.config) if args.config else args.preset
+    try:
+        result = pretrain(model_cfg, args.data, _train_config(args), tokenizer=args.tokenizer, resume=args.resume)
+    finally:
+        distributed.teardown()
+    if not distributed.setup_was_main():
+        return 0
     print(f"done: {result.steps} steps in {result.elapsed_s:.1f} s, final val loss "
           f"{result.final_val_loss:.4f}; checkpoint {result.out_dir / 'ckpt'}, plot {result.out_dir / 'loss.png'}")
     return 0

@@ -68,7 +68,7 @@ REGISTRY: dict[str, Dataset] = {
             _raw("gusjengis/toy-RNN", "e4c7ff8bba4ff7989e69a3a816ebe4b14813b41e", "data/tinystories_sample.txt"),
             "5352b299dcb1a32898b2d779b145b5a05f3e1265953fd21c264c9f9f9c9ae33d", 2097152,
             "CDLA-Sharing-1.0 (TinyStories)",
-            "The first 2 MiB of TinyStories-train, stories separated by <|endoftext|> (the cut-off last one is dropped)",
+            "First 2 MiB of TinyStories-train; stories end in <|endoftext|> (the cut-off last one is dropped)",
             "text",
             doc_separator="<|endoftext|>"),
         Dataset(

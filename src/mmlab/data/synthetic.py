@@ -41,7 +41,7 @@ def _story(rng: random.Random) -> str:
         ]),
         rng.choice([
             f"But the {obj} fell into the {rng.choice(PLACES)}.",
-            f"Then it started to rain, and they ran home.",
+            "Then it started to rain, and they ran home.",
             f"They played with the {obj} all day.",
         ]),
     ]

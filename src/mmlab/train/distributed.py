@@ -80,3 +80,8 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 def teardown() -> None:
     if torch_dist.is_initialized():
         torch_dist.destroy_process_group()
+
+
+def setup_was_main() -> bool:
+    """Whether this process is rank 0 (or not distributed): the one that prints and writes."""
+    return int(os.environ.get("RANK", "0")) == 0

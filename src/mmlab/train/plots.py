@@ -16,7 +16,8 @@ def plot_losses(history: list[dict[str, Any]], path: Path, title: str = "") -> P
     evals = [r for r in history if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     if train:
-        ax.plot(*zip(*train), color="tab:blue", alpha=0.45, linewidth=1, label="train (batch)")
+        steps, losses = [s for s, _ in train], [v for _, v in train]
+        ax.plot(steps, losses, color="tab:blue", alpha=0.45, linewidth=1, label="train (batch)")
     if evals:
         if any("train_loss" in r for r in evals):
             ax.plot([r["step"] for r in evals], [r.get("train_loss") for r in evals], "o-",

@@ -1,0 +1,318 @@
+"""The training loop: it learns, accumulation is exact, resume after SIGKILL is bit-identical, DDP
+matches one process, bad states stop with a clear message, existing runs are never overwritten."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmlab.config import get_preset
+from mmlab.errors import MMLabError
+from mmlab.model import MiniMindLM
+from mmlab.train import NextTokenLoss, TrainConfig, Trainer, TrainingDiverged
+from mmlab.train.checkpoint import CheckpointError, load_model, load_weights, save_checkpoint
+from mmlab.train.optim import lr_at, param_groups
+from mmlab.train.pretrain import pretrain
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def small_cfg(out, **kw):
+    base = {"max_iters": 40, "batch_size": 4, "block_size": 32, "eval_interval": 20, "eval_batches": 2,
+            "log_interval": 5, "warmup_iters": 5, "lr": 3e-3, "progress": False}
+    return TrainConfig(out_dir=str(out), **{**base, **kw})
+
+
+def test_a_tiny_model_learns_well_below_the_unigram_entropy(tmp_path, mirror_file, monkeypatch):
+    """TinyShakespeare characters carry ~3.3 nats of unigram entropy; 300 steps of a tiny model must
+    beat that by a wide margin (it learns which characters follow which)."""
+    monkeypatch.setenv("MMLAB_DATA_MIRROR", str(mirror_file("tinyshakespeare_input.txt").parent))
+    monkeypatch.setenv("MMLAB_DATA_DIR", str(tmp_path / "cache"))
+    text = mirror_file("tinyshakespeare_input.txt").read_text()
+    counts = torch.tensor([text.count(c) for c in sorted(set(text))], dtype=torch.float64)
+    p = counts / counts.sum()
+    unigram_entropy = float(-(p * p.log()).sum())
+    cfg = small_cfg(tmp_path / "run", max_iters=300, batch_size=16, block_size=64, eval_interval=300,
+                    eval_batches=10, lr=5e-3, warmup_iters=20)
+    result = pretrain(get_preset("nano"), "tinyshakespeare", cfg, tokenizer="char")
+    assert result.final_val_loss < unigram_entropy - 0.7, (result.final_val_loss, unigram_entropy)
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 10_000
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "loss", "lr", "tokens_per_s", "elapsed_s"} <= set(records[0])
+
+
+class ListBatches:
+    """A BatchSource over fixed batches, for exact comparisons."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def sample(self, split, rows, generator):
+        idx = torch.randint(len(self.x), (rows,), generator=generator)
+        return self.x[idx], self.y[idx]
+
+    def slice_rows(self, batch, start, stop):
+        return tuple(t[start:stop] for t in batch)
+
+    def eval_batches(self, split):
+        return [(self.x[:2], self.y[:2])]
+
+
+def test_gradient_accumulation_matches_one_big_batch_even_with_uneven_masks(tmp_path):
+    """4 micro-batches of 2 rows must give the same update as 1 batch of 8 rows, although the rows
+    hold very different numbers of target tokens (per-micro-batch means would weight them wrongly)."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 128, (8, 16))
+    y = torch.randint(0, 128, (8, 16))
+    y[:6, 2:] = -100  # six rows with only 2 targets, two rows with 16
+    moments = []
+    for accum, bs in ((1, 8), (4, 2)):
+        torch.manual_seed(1)
+        model = MiniMindLM(get_preset("nano"))
+        cfg = small_cfg(tmp_path / f"acc{accum}", max_iters=1, batch_size=bs, grad_accum=accum, warmup_iters=0,
+                        eval_interval=1, grad_clip=0.0)
+        trainer = Trainer(model, NextTokenLoss(), _Sequential(x, y), cfg)
+        trainer.fit()
+        # Adam's first moment after one step is (1 - beta1) * gradient: compare gradients through it
+        # (the update itself is ~lr * sign(g) at step 1, too sensitive to rounding where g ~ 0)
+        moments.append([trainer.optimizer.state[p]["exp_avg"] for p in model.parameters()])
+    for a, b in zip(*moments):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-4)
+    assert sum(float(m.abs().sum()) for m in moments[0]) > 0
+
+
+class _Sequential(ListBatches):
+    """Serves rows in order, so both runs see the same 8 rows in one optimizer step."""
+
+    def __init__(self, x, y):
+        super().__init__(x, y)
+        self.pos = 0
+
+    def sample(self, split, rows, generator):
+        out = self.x[self.pos:self.pos + rows], self.y[self.pos:self.pos + rows]
+        self.pos += rows
+        return out
+
+
+def _train_cmd(out, config, *extra):
+    return [sys.executable, "-m", "mmlab.cli", "train", "pretrain", "--config", str(config), "--data", "the-verdict",
+            "--tokenizer", "char", "--out", str(out), "--batch-size", "4", "--block-size", "32",
+            "--eval-interval", "20", "--eval-batches", "2", "--log-interval", "5", "--warmup-iters", "10",
+            "--lr", "3e-3", *extra]
+
+
+@pytest.fixture
+def run_env(tmp_path, mirror_file):
+    env = {**ENV, "MMLAB_DATA_MIRROR": str(mirror_file("the-verdict.txt").parent),
+           "MMLAB_DATA_DIR": str(tmp_path / "cache")}
+    config = tmp_path / "model.json"
+    get_preset("nano", dropout=0.1, vocab_size=64).to_json(config)  # dropout: the RNG state must resume too
+    return env, config
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, run_env):
+    env, config = run_env
+    iters = "200"
+    ref = subprocess.run(_train_cmd(tmp_path / "ref", config, "--max-iters", iters), env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+
+    # the same run, killed with SIGKILL right after its first checkpoint
+    proc = subprocess.Popen(_train_cmd(tmp_path / "killed", config, "--max-iters", iters), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "saved checkpoint" in line:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(lines)
+    killed_at = torch.load(tmp_path / "killed" / "ckpt" / "trainer_state.pt", weights_only=False)["step"]
+    assert 0 < killed_at < int(iters)
+
+    resumed = subprocess.run(_train_cmd(tmp_path / "killed", config, "--max-iters", iters, "--resume"), env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(tmp_path / "ref" / "ckpt" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "ckpt" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # and the metrics file tells one continuous story: every logged step once, in order
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == sorted(set(steps)) and steps[-1] == int(iters)
+
+
+def test_ddp_with_two_processes_matches_one_process(tmp_path, run_env):
+    env, _ = run_env
+    config = tmp_path / "no_dropout.json"  # dropout masks depend on how rows are split over processes
+    get_preset("nano", vocab_size=64).to_json(config)
+    common = ("--max-iters", "15", "--log-interval", "1", "--eval-interval", "15", "--warmup-iters", "3")
+    single = subprocess.run(_train_cmd(tmp_path / "single", config, *common, "--batch-size", "8"),
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = _train_cmd(tmp_path / "ddp", config, *common, "--batch-size", "4")
+    ddp = subprocess.run([*torchrun, *cmd[1:]], env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+
+    def losses(run):
+        records = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in records if "loss" in r]
+
+    one, two = losses("single"), losses("ddp")
+    assert len(one) == len(two) == 15
+    for a, b in zip(one, two):
+        assert a == pytest.approx(b, rel=1e-4)
+    assert one[-1] < one[0]
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path, run_env):
+    env, config = run_env
+    first = subprocess.run(_train_cmd(tmp_path / "run", config, "--max-iters", "5"), env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "run" / "ckpt" / "model.safetensors").read_bytes()
+    again = subprocess.run(_train_cmd(tmp_path / "run", config, "--max-iters", "5"), env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 1
+    assert "already holds a run; pass --resume" in again.stderr and "Traceback" not in again.stderr
+    assert (tmp_path / "run" / "ckpt" / "model.safetensors").read_bytes() == before
+
+
+def test_divergence_stops_with_the_step_and_last_checkpoint(tmp_path):
+    x = torch.randint(0, 128, (8, 16))
+    model = MiniMindLM(get_preset("nano"))
+    cfg = small_cfg(tmp_path / "nan", max_iters=30, eval_interval=10, batch_size=2)
+    trainer = Trainer(model, _PoisonAfter(12), ListBatches(x, x), cfg)
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 12: loss nan.*last good checkpoint is .*ckpt"):
+        trainer.fit()
+    # the checkpoint on disk is the good one from step 10
+    state = torch.load(tmp_path / "nan" / "ckpt" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 10
+    assert all(torch.isfinite(p).all() for p in load_model(tmp_path / "nan").parameters())
+
+
+class _PoisonAfter(NextTokenLoss):
+    def __init__(self, step):
+        self.calls, self.step = 0, step
+
+    def __call__(self, model, batch):
+        loss, n, m = super().__call__(model, batch)
+        if model.training:
+            self.calls += 1
+            if self.calls > self.step:
+                loss = loss * float("nan")
+        return loss, n, m
+
+
+def test_checkpoint_from_another_config_is_refused_clearly(tmp_path):
+    model = MiniMindLM(get_preset("nano"))
+    save_checkpoint(tmp_path / "ckpt", model)
+    other = MiniMindLM(get_preset("nano", n_layers=3))
+    with pytest.raises(CheckpointError, match="n_layers: checkpoint 2 vs model 3"):
+        load_weights(other, tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        load_model(tmp_path / "ckpt")
+
+
+def test_checkpoint_round_trip_keeps_tied_weights_and_has_no_wrapper_prefixes(tmp_path):
+    model = MiniMindLM(get_preset("nano"))
+    save_checkpoint(tmp_path / "ckpt", model)
+    names = load_file(tmp_path / "ckpt" / "model.safetensors").keys()
+    assert not any(n.startswith(("_orig_mod.", "module.")) for n in names)
+    again = load_model(tmp_path / "ckpt")
+    assert again.lm_head.weight is again.tok_emb.weight
+    idx = torch.randint(0, 128, (1, 10))
+    torch.testing.assert_close(model(idx).logits, again(idx).logits)
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = MiniMindLM(get_preset("nano"))
+    save_checkpoint(tmp_path / "ckpt", model)
+    before = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("mmlab.train.checkpoint.torch.save", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / "ckpt", MiniMindLM(get_preset("nano")), trainer_state={"step": 1})
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_schedule_warmup_then_cosine_to_min_lr():
+    cfg = TrainConfig(max_iters=1000, lr=1e-3, min_lr=1e-4, warmup_iters=100)
+    lrs = [lr_at(s, cfg) for s in range(1000)]
+    assert lrs[0] < lrs[50] < lrs[99] <= 1e-3
+    assert max(lrs) == pytest.approx(1e-3, rel=1e-2)
+    assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))  # monotone decay after warmup
+    assert lrs[-1] == pytest.approx(1e-4, rel=1e-2)
+    wsd = TrainConfig(max_iters=1000, lr=1e-3, min_lr=0.0, warmup_iters=10, schedule="wsd", decay_fraction=0.2)
+    assert lr_at(500, wsd) == 1e-3 and lr_at(799, wsd) == 1e-3 and lr_at(999, wsd) < 1e-5
+    assert lr_at(500, TrainConfig(schedule="constant", warmup_iters=10)) == 1e-3
+
+
+def test_weight_decay_only_on_matrices():
+    groups = param_groups(MiniMindLM(get_preset("nano")), 0.1)
+    assert all(p.dim() >= 2 for p in groups[0]["params"]) and groups[0]["weight_decay"] == 0.1
+    assert all(p.dim() == 1 for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0.0
+
+
+def test_bad_train_config_is_one_line():
+    with pytest.raises(MMLabError, match="dtype='fp16' is not one of: fp32, bf16"):
+        TrainConfig(dtype="fp16")
+    with pytest.raises(MMLabError, match="max_iters=0 must be a positive integer"):
+        TrainConfig(max_iters=0)
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    x = torch.randint(0, 128, (16, 16))
+    model = MiniMindLM(get_preset("nano"))
+    cfg = small_cfg(tmp_path / "bf16", max_iters=30, dtype="bf16", eval_interval=30)
+    result = Trainer(model, NextTokenLoss(), ListBatches(x, x.roll(-1, dims=1)), cfg).fit()
+    assert math.isfinite(result.final_train_loss) and result.final_train_loss < math.log(128)
+    assert next(model.parameters()).dtype == torch.float32  # autocast: master weights stay fp32
+
+
+def test_sample_cli_streams_text(tmp_path, run_env):
+    env, config = run_env
+    subprocess.run(_train_cmd(tmp_path / "run", config, "--max-iters", "5"), env=env, check=True,
+                   capture_output=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "mmlab.cli", "sample", "--ckpt", str(tmp_path / "run"),
+                          "--prompt", "The ", "--max-new-tokens", "20", "--seed", "0"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("The ") and len(out.stdout.strip()) > 4
+    bad = subprocess.run([sys.executable, "-m", "mmlab.cli", "sample", "--ckpt", str(tmp_path / "none")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "checkpoint not found" in bad.stderr and "Traceback" not in bad.stderr
+    unknown_char = subprocess.run([sys.executable, "-m", "mmlab.cli", "sample", "--ckpt", str(tmp_path / "run"),
+                                   "--prompt", "日本"], env=env, capture_output=True, text=True, timeout=120)
+    assert unknown_char.returncode == 1 and "cannot be encoded" in unknown_char.stderr
+    assert Path(tmp_path / "run" / "loss.png").is_file()
+
+
+def test_quickstart_offline_without_mirror_uses_the_synthetic_corpus(tmp_path):
+    env = {k: v for k, v in ENV.items() if k != "MMLAB_DATA_MIRROR"}
+    env["MMLAB_DATA_DIR"] = str(tmp_path / "empty-cache")
+    out = subprocess.run([sys.executable, "-m", "mmlab.cli", "quickstart", "--out", str(tmp_path / "qs"),
+                          "--max-iters", "30"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    notices = [line for line in out.stderr.splitlines() if line.startswith("note:")]
+    assert len(notices) == 1 and "synthetic-stories" in notices[0] and "MMLAB_DATA_MIRROR" in notices[0]
+    assert "final val loss" in out.stdout and "sample" in out.stdout
+    assert (tmp_path / "qs" / "loss.png").is_file()
