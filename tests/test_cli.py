@@ -10,7 +10,7 @@ from mmlab.cli import build_parser, main
 
 
 def run_cli(*args):
-    """Run the installed entry point in a subprocess, as a user would."""
+    """Run the CLI in a fresh interpreter (``python -m mmlab.cli``), as a separate process would."""
     return subprocess.run([sys.executable, "-m", "mmlab.cli", *args], capture_output=True, text=True, timeout=120)
 
 

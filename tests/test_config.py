@@ -62,7 +62,16 @@ def test_summary_counts_agree_with_the_real_model():
         ({"dropout": 1.5}, "dropout=1.5"),
         ({"vocab_size": 0}, "vocab_size=0 must be a positive integer"),
         ({"pos_encoding": "learned", "rope_scaling": RopeScaling()}, "only applies to rope"),
-        ({"rope_scaling": RopeScaling(factor=0.5)}, "rope_scaling.factor=0.5"),
+        ({"rope_scaling": {"kind": "yarn", "factor": 0.5}}, "rope_scaling.factor=0.5"),
+        ({"rope_scaling": "yarn"}, "rope_scaling='yarn' must be null or an object"),
+        ({"causal": "false"}, "causal='false' must be true or false"),  # "false" is truthy: never accept it
+        ({"tie_embeddings": 0}, "tie_embeddings=0 must be true or false"),
+        ({"n_kv_heads": True}, "n_kv_heads=True must be an integer or null"),
+        ({"norm_eps": "1e-5"}, "norm_eps='1e-5' must be a finite number"),
+        ({"ffn_mult": float("inf")}, "ffn_mult=inf must be a finite number or null"),
+        ({"ffn_size": None, "ffn_mult": 0.001}, "the FFN would have 0 hidden units"),
+        ({"hidden_size": 8, "n_heads": 4, "n_kv_heads": None,
+          "rope_scaling": {"kind": "ntk", "factor": 2.0, "original_max_seq_len": 8}}, "too small for NTK"),
     ],
 )
 def test_invalid_configs_fail_with_one_clear_line(changes, fragment):
@@ -106,6 +115,10 @@ def test_json_errors_name_the_file_and_field(tmp_path):
         ModelConfig.from_json(tmp_path / "missing.json")
     with pytest.raises(ConfigError, match="hidden_size"):
         ModelConfig.from_json('{"hidden_size": "wide"}')
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('{"name": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.json: not UTF-8"):
+        ModelConfig.from_json(latin1)
 
 
 def test_replace_rejects_unknown_fields():

@@ -90,6 +90,28 @@ def test_top_p_keeps_the_nucleus():
     assert kept.tolist() == [[True, False, False, False]]  # always at least the top token
 
 
+def test_top_k_breaks_ties_to_exactly_k():
+    kept = torch.isfinite(filter_top_k(torch.tensor([[2.0, 2.0, 1.0]]), 1))
+    assert int(kept.sum()) == 1
+
+
+def test_tiny_temperature_is_greedy(nano):
+    model = MiniMindLM(nano)
+    assert generate(model, [4, 5], 10, temperature=1e-40, seed=0) == generate(model, [4, 5], 10, temperature=0)
+
+
+def test_non_causal_model_generates_without_a_stale_cache(nano):
+    model = MiniMindLM(nano.replace(causal=False))
+    assert generate(model, [1, 2, 3], 12, temperature=0) == generate(model, [1, 2, 3], 12, temperature=0,
+                                                                        use_cache=False)
+
+
+def test_static_and_growing_caches_generate_the_same(nano):
+    model = MiniMindLM(nano)
+    assert generate(model, [7, 8], 20, temperature=0, static_cache=False) == generate(model, [7, 8], 20,
+                                                                                     temperature=0)
+
+
 def test_top_k_one_is_greedy(nano):
     model = MiniMindLM(nano)
     assert generate(model, [4, 5], 15, top_k=1, seed=0) == generate(model, [4, 5], 15, temperature=0)
@@ -105,7 +127,9 @@ def test_repetition_penalty_reduces_repeats(nano):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"temperature": -1}, "temperature"), ({"top_k": 0}, "top_k"), ({"top_p": 1.5}, "top_p"),
-     ({"repetition_penalty": 0}, "repetition_penalty")],
+     ({"repetition_penalty": 0}, "repetition_penalty"), ({"temperature": float("nan")}, "temperature=nan"),
+     ({"repetition_penalty": float("nan")}, "repetition_penalty=nan"), ({"top_k": 2.5}, "top_k=2.5"),
+     ({"stop_tokens": 3}, "stop_tokens=3")],
 )
 def test_bad_sampling_parameters_are_clear_errors(nano, kwargs, message):
     with pytest.raises(MMLabError, match=message):

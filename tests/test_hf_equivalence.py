@@ -2,14 +2,13 @@
 
 import pytest
 import torch
+import transformers  # a declared test dependency: a broken install must fail, not skip, these tests
 
 from mmlab.config import RopeScaling, get_preset
 from mmlab.errors import ConfigError
 from mmlab.model import MiniMindLM
 from mmlab.model.hf import from_hf_state_dict, llama_incompatibilities, to_hf_state_dict, to_llama_config_dict
 from mmlab.model.rope import rope_inv_freq
-
-transformers = pytest.importorskip("transformers")
 
 
 def hf_llama(cfg):

@@ -156,7 +156,20 @@ def test_rope_scalings_stretch_low_frequencies():
 
 def test_alibi_slopes_match_the_paper():
     torch.testing.assert_close(alibi_slopes(8), torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
-    assert alibi_slopes(6).shape == (6,)
+    # 6 heads: the 4 slopes of 4 heads, then every other slope of 8 heads (the paper's code)
+    torch.testing.assert_close(alibi_slopes(6), torch.tensor([2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3]))
+
+
+def test_sinusoidal_positions_are_scaled_like_the_token_embeddings(nano):
+    model = MiniMindLM(nano.replace(pos_encoding="sinusoidal"))
+    rms = model.pos_table.pow(2).mean().sqrt().item()
+    assert rms == pytest.approx(nano.init_std, rel=0.05)
+
+
+def test_attention_weights_in_training_mode_are_distributions(nano):
+    model = MiniMindLM(nano.replace(dropout=0.5)).train()
+    w = model(torch.randint(0, nano.vocab_size, (1, 12)), need_weights=True).attentions[0]
+    torch.testing.assert_close(w.sum(-1), torch.ones(1, nano.n_heads, 12))
 
 
 def test_too_long_input_is_a_clear_error(nano):

@@ -46,6 +46,10 @@ class RopeScaling:
     beta_fast: float = 32.0  # YaRN: dims rotating more than this many times in the original context keep
     beta_slow: float = 1.0  # YaRN: dims rotating fewer times than this are fully interpolated
 
+    def __post_init__(self) -> None:
+        _check_types(self, prefix="rope_scaling.")
+        self.validate()
+
     def validate(self) -> None:
         if self.kind not in ROPE_SCALINGS:
             raise ConfigError(f"rope_scaling.kind={self.kind!r} is not one of {', '.join(ROPE_SCALINGS)}")
@@ -104,6 +108,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):  # accept the JSON form
             object.__setattr__(self, "rope_scaling", _rope_scaling_from_dict(self.rope_scaling))
+        elif self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise ConfigError(
+                f"rope_scaling={self.rope_scaling!r} must be null or an object like "
+                '{"kind": "yarn", "factor": 4.0, "original_max_seq_len": 512}'
+            )
         self.validate()
 
     # ---- derived sizes -------------------------------------------------------------------------
@@ -131,9 +140,10 @@ class ModelConfig:
     # ---- validation ----------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ConfigError with a one-line message naming the field when the config cannot work."""
+        _check_types(self)
         for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "max_seq_len", "ffn_multiple_of"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if value <= 0:
                 raise ConfigError(f"{name}={value!r} must be a positive integer")
         _choice("norm", self.norm, NORMS)
         _choice("norm_position", self.norm_position, NORM_POSITIONS)
@@ -146,7 +156,7 @@ class ModelConfig:
                 "(each head gets hidden_size / n_heads dimensions)"
             )
         kv = self.kv_heads
-        if not isinstance(kv, int) or kv <= 0:
+        if kv <= 0:
             raise ConfigError(f"n_kv_heads={self.n_kv_heads!r} must be a positive integer or null")
         if self.n_heads % kv:
             raise ConfigError(
@@ -158,6 +168,8 @@ class ModelConfig:
                 f"head_dim={self.head_dim} (hidden_size / n_heads) is odd, but RoPE rotates pairs of "
                 "dimensions: choose an even head_dim"
             )
+        if self.rope_scaling is not None and self.rope_scaling.kind == "ntk" and self.head_dim <= 2:
+            raise ConfigError(f"head_dim={self.head_dim} is too small for NTK scaling (needs > 2)")
         if self.pos_encoding == "sinusoidal" and self.hidden_size % 2:
             raise ConfigError(f"hidden_size={self.hidden_size} must be even for sinusoidal positions")
         if not self.rope_theta > 0:
@@ -168,10 +180,12 @@ class ModelConfig:
                     f"rope_scaling is set but pos_encoding={self.pos_encoding!r}; it only applies to rope"
                 )
             self.rope_scaling.validate()
-        if self.ffn_size is not None and (not isinstance(self.ffn_size, int) or self.ffn_size <= 0):
+        if self.ffn_size is not None and self.ffn_size <= 0:
             raise ConfigError(f"ffn_size={self.ffn_size!r} must be a positive integer or null")
         if self.ffn_mult is not None and not self.ffn_mult > 0:
             raise ConfigError(f"ffn_mult={self.ffn_mult} must be positive")
+        if self.resolved_ffn_size < 1:
+            raise ConfigError(f"the FFN would have {self.resolved_ffn_size} hidden units: raise ffn_mult or ffn_size")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
         if not self.norm_eps > 0:
@@ -208,7 +222,7 @@ class ModelConfig:
             return cls(**data)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
-        except TypeError as e:  # e.g. a string where a number belongs
+        except TypeError as e:  # e.g. a missing required argument
             raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
@@ -220,12 +234,43 @@ class ModelConfig:
             path = Path(text_or_path)
             if not path.is_file():
                 raise ConfigError(f"config file not found: {path}")
-            source, text = str(path), path.read_text()
+            try:
+                source, text = str(path), path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         try:
             data = json.loads(text)
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{source}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
         return cls.from_dict(data, source=source)
+
+
+def _check_types(obj: Any, prefix: str = "") -> None:
+    """Every field must hold a value of its declared type: ``"false"`` is not a bool (it is truthy!),
+    ``True`` is not an int, and floats must be finite. Checked before any comparison."""
+    for f in dataclasses.fields(obj):
+        value, kind = getattr(obj, f.name), str(f.type)
+        optional = "None" in kind
+        if value is None:
+            if optional:
+                continue
+            raise ConfigError(f"{prefix}{f.name} must not be null")
+        if kind.startswith("bool"):
+            ok = isinstance(value, bool)
+        elif kind.startswith("int"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind.startswith("float"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif kind.startswith("str"):
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            expected = {"bool": "true or false", "int": "an integer", "float": "a finite number",
+                        "str": "a string"}[kind.split(" |")[0]]
+            raise ConfigError(f"{prefix}{f.name}={value!r} must be {expected}{' or null' if optional else ''}")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -238,6 +283,8 @@ def _rope_scaling_from_dict(data: dict[str, Any]) -> RopeScaling:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown rope_scaling field(s): {', '.join(unknown)}")
+    if "factor" in data and isinstance(data["factor"], int) and not isinstance(data["factor"], bool):
+        data = {**data, "factor": float(data["factor"])}
     return RopeScaling(**data)
 
 

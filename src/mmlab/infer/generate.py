@@ -12,6 +12,7 @@ Once the sequence would exceed the model's ``max_seq_len``, we slide a window of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ import torch
 
 from mmlab.errors import MMLabError
 from mmlab.model.lm import MiniMindLM
+
+GREEDY_BELOW = 1e-5  # temperatures below this are treated as 0 (greedy)
 
 
 @dataclass(frozen=True)
@@ -32,13 +35,20 @@ class SamplingParams:
     repetition_penalty: float = 1.0
 
     def validate(self) -> None:
-        if self.temperature < 0:
+        def finite(name: str) -> float:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise MMLabError(f"{name}={value!r} must be a finite number")
+            return value
+
+        if finite("temperature") < 0:
             raise MMLabError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
-        if self.top_k is not None and self.top_k < 1:
-            raise MMLabError(f"top_k={self.top_k} must be >= 1")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
+                                       or self.top_k < 1):
+            raise MMLabError(f"top_k={self.top_k!r} must be an integer >= 1")
+        if self.top_p is not None and not 0 < finite("top_p") <= 1:
             raise MMLabError(f"top_p={self.top_p} must be in (0, 1]")
-        if self.repetition_penalty <= 0:
+        if finite("repetition_penalty") <= 0:
             raise MMLabError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 = off)")
 
 
@@ -53,10 +63,10 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k largest logits of each row, set the rest to -inf."""
+    """Keep exactly the k largest logits of each row (ties broken by index), set the rest to -inf."""
     k = min(k, logits.size(-1))
-    kth = torch.topk(logits, k, dim=-1).values[:, -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(1, torch.topk(logits, k, dim=-1).indices, True)
+    return logits.masked_fill(~keep, float("-inf"))
 
 
 def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
@@ -74,7 +84,7 @@ def sample_next(
 ) -> torch.Tensor:
     """Pick the next token of each row. logits: (B, V) for the last position; seen: (B, T). -> (B,)"""
     logits = apply_repetition_penalty(logits.float(), seen, params.repetition_penalty)
-    if params.temperature == 0:
+    if params.temperature < GREEDY_BELOW:  # dividing by ~0 overflows: this limit *is* greedy
         return logits.argmax(dim=-1)
     logits = logits / params.temperature
     if params.top_k is not None:
@@ -97,7 +107,9 @@ def generate_steps(
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), one step at a time. idx: (B, T) prompt ids.
 
-    This is the one decoding loop; ``generate`` and ``stream_generate`` are thin wrappers.
+    This is the one decoding loop; ``generate`` and ``stream_generate`` are thin wrappers. A model
+    without the causal mask recomputes every step (its earlier positions change as tokens arrive, so
+    cached keys/values would be stale).
     """
     params = params or SamplingParams()
     params.validate()
@@ -114,7 +126,7 @@ def generate_steps(
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     max_len = model.cfg.max_seq_len
-    cache = model.new_cache(static=static_cache) if use_cache else None
+    cache = model.new_cache(static=static_cache) if use_cache and model.cfg.causal else None
     fed = 0  # how many tokens of idx the cache already holds
     try:
         for _ in range(max_new_tokens):
@@ -130,6 +142,14 @@ def generate_steps(
             yield token
     finally:
         model.train(was_training)
+
+
+def _stop_set(stop_tokens: Sequence[int]) -> set[int]:
+    try:
+        stops = {int(t) for t in stop_tokens}
+    except (TypeError, ValueError):
+        raise MMLabError(f"stop_tokens={stop_tokens!r} must be a list of token ids") from None
+    return stops
 
 
 def _as_batch(prompt: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor) -> torch.Tensor:
@@ -155,6 +175,7 @@ def generate(
     stop_tokens: Sequence[int] = (),
     seed: int | None = None,
     use_cache: bool = True,
+    static_cache: bool = True,
 ) -> list[list[int]]:
     """Generate continuations of one prompt (a list of ids) or a batch of equal-length prompts.
 
@@ -162,10 +183,10 @@ def generate(
     """
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
     batch = _as_batch(prompt)
-    stops = set(stop_tokens)
+    stops = _stop_set(stop_tokens)
     out: list[list[int]] = [[] for _ in range(batch.size(0))]
     done = [False] * batch.size(0)
-    with closing(generate_steps(model, batch, max_new_tokens, params, seed, use_cache)) as steps:
+    with closing(generate_steps(model, batch, max_new_tokens, params, seed, use_cache, static_cache)) as steps:
         for step in steps:
             for row, token in enumerate(step.tolist()):
                 if done[row]:
@@ -191,14 +212,15 @@ def stream_generate(
     stop_tokens: Sequence[int] = (),
     seed: int | None = None,
     use_cache: bool = True,
+    static_cache: bool = True,
 ) -> Iterator[int]:
     """Yield new token ids of a single prompt as they are produced; stop before a stop token."""
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
     batch = _as_batch(prompt)
     if batch.size(0) != 1:
         raise MMLabError("stream_generate takes a single prompt; use generate for batches")
-    stops = set(stop_tokens)
-    with closing(generate_steps(model, batch, max_new_tokens, params, seed, use_cache)) as steps:
+    stops = _stop_set(stop_tokens)
+    with closing(generate_steps(model, batch, max_new_tokens, params, seed, use_cache, static_cache)) as steps:
         for step in steps:
             token = int(step[0])
             if token in stops:

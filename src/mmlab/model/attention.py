@@ -44,16 +44,16 @@ def explicit_attention(
     dropout_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention by hand. q: (B, H, Tq, D); k, v: (B, H, Tk, D); bias: additive, broadcast to
-    (B, H, Tq, Tk). Returns the output (B, H, Tq, D) and the weights (B, H, Tq, Tk)."""
+    (B, H, Tq, Tk). Returns the output (B, H, Tq, D) and the weights (B, H, Tq, Tk), taken before
+    dropout (so each row is a probability distribution even in training mode)."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # scale keeps the softmax from saturating
     if bias is not None:
         scores = scores + bias
     if causal:
         scores = scores.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
     weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    if dropout_p > 0:
-        weights = F.dropout(weights, p=dropout_p)
-    return weights @ v, weights
+    dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
+    return dropped @ v, weights
 
 
 class Attention(nn.Module):

@@ -65,6 +65,7 @@ def to_llama_config_dict(cfg: ModelConfig) -> dict[str, Any]:
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,  # transformers < 5
         "rope_parameters": rope,  # transformers >= 5
+        "rope_scaling": None if cfg.rope_scaling is None else rope,  # transformers 4.x
         "tie_word_embeddings": cfg.tie_embeddings,
         "hidden_act": "silu",
         "attention_bias": False,

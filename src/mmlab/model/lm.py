@@ -38,7 +38,12 @@ class MiniMindLM(nn.Module):
         if cfg.pos_encoding == "learned":
             self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.hidden_size)
         if cfg.pos_encoding == "sinusoidal":
-            self.register_buffer("pos_table", sinusoidal_table(cfg.max_seq_len, cfg.hidden_size), persistent=False)
+            # The raw table has RMS 1/sqrt(2) per dimension, ~35x the token embeddings' init_std: added
+            # as is, position would drown the token (measured: worse than no positions at all). We
+            # scale it to the embeddings' RMS, the role sqrt(d) scaling of embeddings plays in Vaswani
+            # et al., whose embeddings were initialised at 1/sqrt(d).
+            table = sinusoidal_table(cfg.max_seq_len, cfg.hidden_size) * (cfg.init_std * math.sqrt(2))
+            self.register_buffer("pos_table", table, persistent=False)
         if cfg.pos_encoding == "rope":
             cos, sin = precompute_rope(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
             self.register_buffer("rope_cos", cos, persistent=False)

@@ -36,8 +36,16 @@ class BPETokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self.hf.token_to_id(token)
 
-    def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, allow_special: bool = True) -> list[int]:
+        """Token ids. With ``allow_special=False`` a special token's text (e.g. "<|im_end|>" typed by
+        a user) is encoded as ordinary bytes, so text can never forge the chat structure."""
+        if allow_special:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        self.hf.encode_special_tokens = True
+        try:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        finally:
+            self.hf.encode_special_tokens = False
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Many texts at once, in parallel threads (what tokenizing a corpus should use)."""

@@ -33,6 +33,13 @@ class CharTokenizer:
             raise TokenizerError("duplicate characters in the char vocabulary")
         if unk == "replace" and UNK not in special_tokens:
             special_tokens.append(UNK)
+        if any(not s for s in special_tokens):
+            raise TokenizerError("special tokens must be non-empty strings")
+        if len(set(special_tokens)) != len(special_tokens):
+            raise TokenizerError(f"duplicate special tokens in {special_tokens}")
+        clash = sorted(set(special_tokens) & set(chars))
+        if clash:
+            raise TokenizerError(f"special token(s) {clash} are also ordinary characters of the vocabulary")
         self.chars, self.special_tokens, self.unk = chars, special_tokens, unk
         self.stoi = {c: i for i, c in enumerate(chars)}
         self.stoi.update({s: len(chars) + i for i, s in enumerate(special_tokens)})
@@ -44,7 +51,7 @@ class CharTokenizer:
     @classmethod
     def from_corpus(cls, text: str, special_tokens: Iterable[str] = (), unk: str = "error") -> CharTokenizer:
         """The vocabulary is the sorted set of characters in ``text`` (special tokens excluded)."""
-        special_tokens = list(special_tokens)
+        special_tokens = list(dict.fromkeys(special_tokens))  # drop repeats, keep order
         for s in special_tokens:
             text = text.replace(s, "")
         if not text:
@@ -58,9 +65,11 @@ class CharTokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self.stoi.get(token)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, allow_special: bool = True) -> list[int]:
+        """Ids of ``text``. With ``allow_special=False`` special-token text is read character by
+        character (and must then be in the vocabulary, or follow the unk policy)."""
         ids: list[int] = []
-        pieces = self._special_re.split(text) if self._special_re else [text]
+        pieces = self._special_re.split(text) if self._special_re and allow_special else [text]
         offset = 0
         for k, piece in enumerate(pieces):
             if k % 2 == 1:  # a special token (the split keeps them at odd indices)

@@ -11,8 +11,11 @@ SFT computes the loss only where the model must *produce* text: the assistant's 
 ``<|im_end|>`` that ends it (so the model learns to stop). Headers, system and user turns are
 context, not targets.
 
-The encoding is the concatenation of the encodings of the pieces, so that the mask is exact and
-the same function is used at training and at inference.
+The encoding is the concatenation of the encodings of the pieces, so that the mask is exact. It can
+differ from BPE-encoding the rendered string in one piece (e.g. when a message starts with blank
+lines, a merge can cross the piece boundary), so training and inference must both use
+``encode_chat``. Message text is encoded with ``allow_special=False``: a user who types
+"<|im_end|>" gets those characters, not the control token, and cannot forge a turn.
 """
 
 from __future__ import annotations
@@ -38,21 +41,22 @@ def validate_messages(messages: Sequence[dict[str, Any]]) -> None:
             raise TokenizerError(f"message {i}: content must be a string, got {type(m.get('content')).__name__}")
 
 
-def _pieces(messages: Sequence[dict[str, Any]], add_generation_prompt: bool) -> list[tuple[str, bool]]:
-    """(text, is_target) pieces of the rendered conversation."""
+def _pieces(messages: Sequence[dict[str, Any]], add_generation_prompt: bool) -> list[tuple[str, bool, bool]]:
+    """(text, is_target, is_template) pieces of the rendered conversation."""
     validate_messages(messages)
-    pieces: list[tuple[str, bool]] = []
+    pieces: list[tuple[str, bool, bool]] = []  # (text, is_target, is_template)
     for m in messages:
         target = m["role"] == "assistant"
-        pieces += [(f"{IM_START}{m['role']}\n", False), (m["content"], target), (IM_END, target), ("\n", False)]
+        pieces += [(f"{IM_START}{m['role']}\n", False, True), (m["content"], target, False), (IM_END, target, True),
+                   ("\n", False, True)]
     if add_generation_prompt:
-        pieces.append((f"{IM_START}assistant\n", False))
+        pieces.append((f"{IM_START}assistant\n", False, True))
     return pieces
 
 
 def render_chat(messages: Sequence[dict[str, Any]], add_generation_prompt: bool = False) -> str:
     """The conversation as ChatML text; with ``add_generation_prompt`` it ends in an open assistant turn."""
-    return "".join(text for text, _ in _pieces(messages, add_generation_prompt))
+    return "".join(text for text, _, _ in _pieces(messages, add_generation_prompt))
 
 
 def encode_chat(
@@ -64,9 +68,9 @@ def encode_chat(
             raise TokenizerError(f"the tokenizer has no {special} token; the chat template needs it")
     ids: list[int] = []
     mask: list[int] = []
-    for text, target in _pieces(messages, add_generation_prompt):
+    for text, target, template in _pieces(messages, add_generation_prompt):
         if text:
-            piece = tokenizer.encode(text)
+            piece = tokenizer.encode(text, allow_special=template)
             ids += piece
             mask += [int(target)] * len(piece)
     return ids, mask

@@ -1,0 +1,148 @@
+"""Pretraining throughput and quality on a CPU, in nanoGPT's "baby GPT" setting. Prints JSON.
+
+Setting (nanoGPT's README CPU command): 4 layers, 4 heads, 128 hidden, block 64, batch 12, character
+vocabulary of TinyShakespeare, 2000 iterations, lr 1e-3 -> 1e-4 cosine with 100 warmup, no dropout.
+Two architectures of our one model at that size:
+  * gpt2:   LayerNorm, learned positions, GELU, MHA (nanoGPT's architecture);
+  * modern: RMSNorm, RoPE, SwiGLU (our defaults; MHA at 4 heads);
+each in fp32 and bf16 autocast. Each run is a child process (so peak RSS is its own); the matmul
+peak that MFU is measured against is measured in the same child, right before training.
+
+    python benchmarks/pretrain_cpu.py                 # full: 4 runs x 2000 iterations
+    python benchmarks/pretrain_cpu.py --quick         # 60 iterations each (for tests)
+    python benchmarks/pretrain_cpu.py --runs modern-fp32 --lr 2e-3 --iters 2000
+
+Needs TinyShakespeare (MMLAB_DATA_MIRROR or the cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ARCHS = {
+    "gpt2": {"norm": "layernorm", "pos_encoding": "learned", "ffn_act": "gelu", "n_kv_heads": None},
+    "modern": {},
+}
+RUNS = [f"{a}-{d}" for a in ARCHS for d in ("fp32", "bf16")]
+
+
+def matmul_peak(dtype_name: str, n: int = 1024, repeats: int = 20) -> float:
+    """Median GFLOP/s of an n x n x n matmul (torch's CPU GEMM) in this process."""
+    import torch
+
+    dtype = torch.float32 if dtype_name == "fp32" else torch.bfloat16
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def one_run(name: str, iters: int, lr: float, eval_interval: int, compile_model: bool) -> dict:
+    import torch
+
+    from mmlab.config import get_preset
+    from mmlab.model.summary import flops_per_token
+    from mmlab.train.config import TrainConfig
+    from mmlab.train.pretrain import pretrain
+
+    arch, dtype = name.rsplit("-", 1)
+    peak = {d: matmul_peak(d) for d in ("fp32", "bf16")}
+    model_cfg = get_preset("shakespeare-char", **ARCHS[arch])
+    with tempfile.TemporaryDirectory() as out:
+        cfg = TrainConfig(out_dir=f"{out}/run", max_iters=iters, batch_size=12, block_size=64, lr=lr,
+                          min_lr=lr / 10, warmup_iters=min(100, iters // 10), eval_interval=eval_interval,
+                          eval_batches=200 if iters >= 1000 else 20, log_interval=max(1, iters // 40),
+                          dtype=dtype, compile=compile_model, weight_decay=0.1, beta2=0.99, progress=False)
+        t0 = time.perf_counter()
+        result = pretrain(model_cfg, "tinyshakespeare", cfg, tokenizer="char")
+        wall = time.perf_counter() - t0
+    train_records = [r for r in result.history if "tokens_per_s" in r]
+    # steady-state speed: median over log windows, skipping the first (warm-up, allocation)
+    rates = [r["tokens_per_s"] for r in train_records[1:]] or [r["tokens_per_s"] for r in train_records]
+    tokens_per_s = statistics.median(rates)
+    tokens_per_iter = 12 * 64
+    cfg_used = model_cfg.replace(vocab_size=65)
+    train_flops_per_token = flops_per_token(cfg_used, context=64)["train"]
+    achieved = tokens_per_s * train_flops_per_token / 1e9
+    evals = [r for r in result.history if "val_loss" in r]
+    first_below_1886 = next((r["elapsed_s"] for r in evals if r["val_loss"] <= 1.886), None)
+    return {
+        "run": name,
+        "iters": iters,
+        "lr": lr,
+        "compile": compile_model,
+        "ms_per_iter": 1000 * tokens_per_iter / tokens_per_s,
+        "tokens_per_s": tokens_per_s,
+        "achieved_gflops": achieved,
+        "matmul_peak_gflops": peak,
+        "mfu_vs_fp32_peak": achieved / peak["fp32"],
+        "mfu_vs_own_dtype_peak": achieved / peak[dtype],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "wall_s": wall,
+        "train_s": result.elapsed_s,
+        "val_loss": {r["step"]: round(r["val_loss"], 4) for r in evals},
+        "final_val_loss": evals[-1]["val_loss"] if evals else None,
+        "seconds_to_val_1.886": first_below_1886,
+        "params": sum(p for p in [_params(cfg_used)]),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _params(cfg) -> int:
+    from mmlab.model.summary import param_breakdown
+
+    return sum(param_breakdown(cfg).values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="60 iterations per run")
+    parser.add_argument("--runs", nargs="*", default=RUNS, choices=RUNS)
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (nanoGPT's: 1e-3)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration in this process
+    args = parser.parse_args()
+    iters = args.iters or (60 if args.quick else 2000)
+    eval_interval = min(250, iters)
+    if args.one:
+        print(json.dumps(one_run(args.one, iters, args.lr, eval_interval, args.compile)))
+        return
+    results = []
+    for name in args.runs:
+        cmd = [sys.executable, __file__, "--one", name, "--iters", str(iters), "--lr", str(args.lr)]
+        if args.compile:
+            cmd.append("--compile")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+        if proc.returncode != 0:
+            sys.exit(f"run {name} failed:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    import torch
+
+    print(json.dumps({
+        "benchmark": "pretrain_cpu",
+        "setting": "nanoGPT baby GPT: 4 layers, 4 heads, 128 hidden, block 64, batch 12, char vocab",
+        "quick": args.quick,
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "results": results,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
