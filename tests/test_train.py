@@ -139,8 +139,10 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, run_env):
     killed_at = torch.load(tmp_path / "killed" / "ckpt" / "trainer_state.pt", weights_only=False)["step"]
     assert 0 < killed_at < int(iters)
 
-    resumed = subprocess.run(_train_cmd(tmp_path / "killed", config, "--max-iters", iters, "--resume"), env=env,
-                             capture_output=True, text=True, timeout=300)
+    # resume with only --out and --resume: everything else comes from the run's saved config
+    resume_cmd = [sys.executable, "-m", "mmlab.cli", "train", "pretrain", "--out", str(tmp_path / "killed"),
+                  "--resume"]
+    resumed = subprocess.run(resume_cmd, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     a = load_file(tmp_path / "ref" / "ckpt" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "ckpt" / "model.safetensors")
@@ -183,6 +185,10 @@ def test_an_existing_run_is_never_overwritten(tmp_path, run_env):
                            text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     before = (tmp_path / "run" / "ckpt" / "model.safetensors").read_bytes()
+    other_data = subprocess.run([sys.executable, "-m", "mmlab.cli", "train", "pretrain", "--out",
+                                 str(tmp_path / "run"), "--resume", "--data", "tinyshakespeare"],
+                                env=env, capture_output=True, text=True, timeout=300)
+    assert other_data.returncode == 1 and "was trained on 'the-verdict'" in other_data.stderr
     again = subprocess.run(_train_cmd(tmp_path / "run", config, "--max-iters", "5"), env=env, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 1

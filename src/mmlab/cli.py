@@ -99,14 +99,17 @@ def _cmd_data_verify(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
+    """The flags given on the command line, over the saved run's config when resuming."""
     from mmlab.train.config import TrainConfig
 
-    fields = {k: getattr(args, k) for k in ("max_iters", "batch_size", "block_size", "grad_accum", "lr", "min_lr",
-                                            "warmup_iters", "schedule", "weight_decay", "grad_clip", "dtype",
-                                            "device", "compile", "eval_interval", "eval_batches", "log_interval",
-                                            "seed")
-              if getattr(args, k, None) is not None}
-    return TrainConfig(out_dir=args.out, **fields)
+    given = {k: getattr(args, k) for k in ("max_iters", "batch_size", "block_size", "grad_accum", "lr", "min_lr",
+                                           "warmup_iters", "schedule", "weight_decay", "grad_clip", "dtype",
+                                           "device", "compile", "eval_interval", "eval_batches", "log_interval",
+                                           "seed")
+             if getattr(args, k, None) is not None}
+    if args.resume:
+        return TrainConfig.for_resume(args.out, **given)
+    return TrainConfig(out_dir=args.out, **given)
 
 
 def _cmd_train_pretrain(args: argparse.Namespace) -> int:
@@ -213,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--preset", default="shakespeare-char", help="model preset (default: shakespeare-char)")
     source.add_argument("--config", help="a ModelConfig JSON file instead of a preset")
-    p.add_argument("--data", default="tinyshakespeare",
-                   help="a dataset name (`mmlab data list`), synthetic-stories, or a .txt/.jsonl path")
+    p.add_argument("--data", default=None,
+                   help="a dataset name (`mmlab data list`), synthetic-stories, or a .txt/.jsonl path "
+                        "(default: tinyshakespeare; on --resume, the run's own)")
     p.add_argument("--tokenizer", default="auto",
                    help="char | bpe | a saved tokenizer folder (default: char for small vocabularies, else bpe)")
     p.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl, loss.png")

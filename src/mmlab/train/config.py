@@ -82,6 +82,18 @@ class TrainConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
+    def for_resume(cls, out_dir: str | Path, **overrides: Any) -> TrainConfig:
+        """The config saved in a run folder, with some fields overridden (e.g. a larger max_iters)."""
+        path = Path(out_dir) / "train_config.json"
+        if not path.is_file():
+            raise ConfigError(f"cannot resume: {path} not found (is {out_dir} a run folder?)")
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        return cls.from_dict({**saved, **overrides, "out_dir": str(out_dir)})
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:

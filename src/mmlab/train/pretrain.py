@@ -17,7 +17,7 @@ from mmlab.model.lm import MiniMindLM
 from mmlab.tokenizer.base import ENDOFTEXT, SPECIAL_TOKENS, Tokenizer, load_tokenizer
 from mmlab.tokenizer.bpe import train_bpe
 from mmlab.tokenizer.char import CharTokenizer
-from mmlab.train.checkpoint import load_checkpoint_tokenizer, resolve_checkpoint
+from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_trainer_state, resolve_checkpoint
 from mmlab.train.config import TrainConfig
 from mmlab.train.trainer import NextTokenLoss, Trainer, TrainResult
 
@@ -30,6 +30,7 @@ class PretrainBatches:
     block_size: int
     eval_batch_size: int
     n_eval_batches: int
+    data_name: str = ""
 
     def __post_init__(self) -> None:
         self._eval = {
@@ -60,15 +61,22 @@ def build_tokenizer(spec: str, corpus: Corpus, vocab_size: int) -> Tokenizer:
 
 def prepare_run(
     model_cfg: ModelConfig | str,
-    data: str,
+    data: str | None,
     train_cfg: TrainConfig,
     tokenizer: str = "auto",
     resume: bool = False,
 ) -> tuple[MiniMindLM, Tokenizer, PretrainBatches]:
-    """Everything the loop needs. On resume the model config and tokenizer come from the checkpoint."""
-    corpus = load_corpus(data, seed=train_cfg.seed)
+    """Everything the loop needs. On resume the model config, tokenizer and corpus come from the run."""
     if resume:
         ckpt = resolve_checkpoint(Path(train_cfg.out_dir) / "ckpt")
+        saved_data = load_trainer_state(ckpt).get("extra", {}).get("data")
+        if data is not None and saved_data is not None and data != saved_data:
+            raise MMLabError(f"{train_cfg.out_dir} was trained on {saved_data!r}; resuming on {data!r} would "
+                             "change the run (start a new --out instead)")
+        data = data or saved_data
+    data = data or "tinyshakespeare"
+    corpus = load_corpus(data, seed=train_cfg.seed)
+    if resume:
         cfg = ModelConfig.from_json(ckpt / "config.json")
         tok = load_checkpoint_tokenizer(ckpt)
     else:
@@ -81,14 +89,14 @@ def prepare_run(
         raise MMLabError(f"block_size={block} is longer than the model's max_seq_len={cfg.max_seq_len}")
     tokens = tokenize_corpus(corpus, tok)
     batches = PretrainBatches(PretrainData.from_tokens(tokens, train_cfg.val_fraction, block), block,
-                              train_cfg.batch_size, train_cfg.eval_batches)
+                              train_cfg.batch_size, train_cfg.eval_batches, data_name=data)
     torch.manual_seed(train_cfg.seed)
     return MiniMindLM(cfg), tok, batches
 
 
 def pretrain(
     model_cfg: ModelConfig | str,
-    data: str,
+    data: str | None,
     train_cfg: TrainConfig,
     tokenizer: str = "auto",
     resume: bool = False,
@@ -101,5 +109,5 @@ def pretrain(
         shutil.rmtree(out)
     model, tok, batches = prepare_run(model_cfg, data, train_cfg, tokenizer, resume)
     trainer = Trainer(model, NextTokenLoss(), batches, train_cfg, tokenizer=tok, resume=resume,
-                      extra_state={"data": data}, **trainer_kwargs)
+                      extra_state={"data": batches.data_name}, **trainer_kwargs)
     return trainer.fit()

@@ -77,7 +77,7 @@ class TrainResult:
     final_train_loss: float | None
     final_val_loss: float | None
     best_val_loss: float | None
-    elapsed_s: float
+    elapsed_s: float  # wall time of fit(), evaluation and checkpoints included
     tokens_seen: int
     out_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -250,6 +250,7 @@ class Trainer:
         bar = _Progress(cfg.max_iters, start_step, enabled=cfg.progress and self.dist.is_main)
         t0 = time.perf_counter()
         window_t, window_tokens = time.perf_counter(), 0
+        overhead = 0.0  # seconds spent evaluating and checkpointing: not training time
         tokens_seen = 0
         last_train = None
         try:
@@ -265,16 +266,22 @@ class Trainer:
                     rate = window_tokens / max(now - window_t, 1e-9)
                     window_t, window_tokens = now, 0
                     record = {"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, cfg),
-                              "grad_norm": grad_norm, "tokens_per_s": rate, "elapsed_s": now - t0}
+                              "grad_norm": grad_norm, "tokens_per_s": rate, "elapsed_s": now - t0,
+                              "train_s": now - t0 - overhead}
                     self._log(record)
                     bar.update(self.step, loss, rate)
+                t_pause = time.perf_counter()
                 if self.step % cfg.eval_interval == 0 or is_last:
-                    record = {"step": self.step, **self.evaluate(), "elapsed_s": time.perf_counter() - t0}
+                    record = {"step": self.step, **self.evaluate(), "elapsed_s": t_pause - t0,
+                              "train_s": t_pause - t0 - overhead}
                     self._log(record)
                     bar.message(_format_eval(record))
                 if self.step % cfg.resolved_ckpt_interval == 0 or is_last:
                     self.save()
                     bar.message(f"step {self.step}: saved checkpoint {self.ckpt_path}")
+                paused = time.perf_counter() - t_pause
+                overhead += paused
+                window_t += paused  # keep tokens/s a training rate
         finally:
             bar.close()
             if self.dist.is_main and self.history:
@@ -297,7 +304,7 @@ class Trainer:
 def _format_eval(r: dict[str, Any]) -> str:
     parts = [f"step {r['step']}"]
     parts += [f"{k.replace('_', ' ')} {r[k]:.4f}" for k in ("train_loss", "val_loss") if k in r]
-    return ", ".join(parts) + f" ({r['elapsed_s']:.1f} s)"
+    return ", ".join(parts) + f" ({r['train_s']:.1f} s of training)"
 
 
 class _Progress:

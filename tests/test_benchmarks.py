@@ -1,0 +1,24 @@
+"""Benchmarks run end to end in --quick mode (their figures are reported, never asserted as speeds)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pretrain_cpu_benchmark_quick(mirror_file, tmp_path):
+    env = {**os.environ, "MMLAB_DATA_MIRROR": str(mirror_file("tinyshakespeare_input.txt").parent),
+           "MMLAB_DATA_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pretrain_cpu.py"), "--quick"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert [r["run"] for r in report["results"]] == ["gpt2-fp32", "gpt2-bf16", "modern-fp32", "modern-bf16"]
+    for r in report["results"]:
+        assert r["tokens_per_s"] > 0 and r["ms_per_iter"] > 0 and r["peak_rss_mib"] > 0
+        assert 0 < r["mfu_vs_fp32_peak"] < 2 and r["matmul_peak_gflops"]["fp32"] > 0
+        losses = list(r["val_loss"].values())
+        assert losses and losses[-1] < 4.2  # below the uniform guess ln(65) = 4.17 after 60 steps
