@@ -87,6 +87,7 @@ def file_server(mirror_file):
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+    server.server_close()
 
 
 def test_download_verifies_and_caches(file_server, isolated, monkeypatch):

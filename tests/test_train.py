@@ -324,3 +324,14 @@ def test_quickstart_offline_without_mirror_uses_the_synthetic_corpus(tmp_path):
     assert len(notices) == 1 and "synthetic-stories" in notices[0] and "MMLAB_DATA_MIRROR" in notices[0]
     assert "final val loss" in out.stdout and "sample" in out.stdout
     assert (tmp_path / "qs" / "loss.png").is_file()
+
+
+def test_torch_compile_trains_and_saves_plain_names(tmp_path):
+    """--compile: the compiled module trains; the checkpoint holds the raw module's names."""
+    x = torch.randint(0, 128, (16, 16))
+    model = MiniMindLM(get_preset("nano", n_layers=1))
+    cfg = small_cfg(tmp_path / "compiled", max_iters=4, eval_interval=4, compile=True)
+    result = Trainer(model, NextTokenLoss(), ListBatches(x, x.roll(-1, dims=1)), cfg).fit()
+    assert math.isfinite(result.final_train_loss)
+    names = load_file(tmp_path / "compiled" / "ckpt" / "model.safetensors").keys()
+    assert names and not any("_orig_mod" in n for n in names)

@@ -143,7 +143,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from mmlab.quickstart import quickstart
 
-    quickstart(out=args.out, max_iters=args.max_iters, overwrite=args.overwrite)
+    quickstart(out=args.out, max_iters=args.max_iters, overwrite=args.overwrite, compile_model=args.compile)
     return 0
 
 
@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/quickstart", help="run folder (default: runs/quickstart)")
     p.add_argument("--max-iters", type=_positive_int, default=None, help="optimizer steps (default: the recipe's)")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out first")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model: faster steps after a one-time compilation (needs a C++ compiler)")
     p.set_defaults(func=_cmd_quickstart)
     return parser
 

@@ -32,7 +32,9 @@ def choose_data() -> str:
         return "synthetic-stories"
 
 
-def quickstart(out: str = "runs/quickstart", max_iters: int | None = None, overwrite: bool = False) -> None:
+def quickstart(
+    out: str = "runs/quickstart", max_iters: int | None = None, overwrite: bool = False, compile_model: bool = False
+) -> None:
     from mmlab.infer.sample import sample_text
     from mmlab.train.pretrain import pretrain
 
@@ -41,7 +43,7 @@ def quickstart(out: str = "runs/quickstart", max_iters: int | None = None, overw
     if max_iters:
         train["max_iters"] = max_iters
         train["eval_interval"] = min(train["eval_interval"], max_iters)
-    cfg = TrainConfig(out_dir=out, **train)
+    cfg = TrainConfig(out_dir=out, compile=compile_model, **train)
     print(f"training {RECIPE['preset']} on {data}: {cfg.max_iters} steps of {cfg.batch_size} x {cfg.block_size} "
           "tokens; a model that guesses uniformly over V tokens scores ln(V), e.g. 4.17 for 65 characters",
           file=sys.stderr)
