@@ -12,7 +12,7 @@ from mmlab.errors import MMLabError
 from mmlab.train.config import TrainConfig
 
 # nanoGPT's CPU "baby GPT" budget (4 layers x 128, block 64, batch 12, 2000 steps) with our
-# Llama-style model; the learning rate was tuned for it (see benchmarks/pretrain_cpu.py).
+# Llama-style model; lr 2e-3 won a small sweep (benchmarks/results/lr_sweep_modern_fp32.json).
 RECIPE = {
     "preset": "shakespeare-char",
     "train": {"max_iters": 2000, "batch_size": 12, "block_size": 64, "lr": 2e-3, "min_lr": 2e-4,
