@@ -1,6 +1,7 @@
 """Benchmarks run end to end in --quick mode (their figures are reported, never asserted as speeds)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -21,4 +22,4 @@ def test_pretrain_cpu_benchmark_quick(mirror_file, tmp_path):
         assert r["tokens_per_s"] > 0 and r["ms_per_iter"] > 0 and r["peak_rss_mib"] > 0
         assert 0 < r["mfu_vs_fp32_peak"] < 2 and r["matmul_peak_gflops"]["fp32"] > 0
         losses = list(r["val_loss"].values())
-        assert losses and losses[-1] < 4.2  # below the uniform guess ln(65) = 4.17 after 60 steps
+        assert losses and losses[-1] < math.log(65)  # better than a uniform guess after 60 steps

@@ -119,8 +119,8 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path):
     path.write_text('{"text": "ok"}\n[1, 2]\n')
     with pytest.raises(DataError, match=r"data.jsonl:2: expected a JSON object"):
         list(iter_jsonl(path))
-    path.write_text('{"text": "ok"}\n{"body": "no text field"}\n')
-    with pytest.raises(DataError, match="record 2 has no string field 'text'"):
+    path.write_text('{"text": "ok"}\n\n{"body": "no text field"}\n')
+    with pytest.raises(DataError, match=r"data.jsonl:3: no string field 'text'"):
         load_corpus(str(path))
 
 
@@ -168,8 +168,16 @@ def test_token_cache_is_keyed_by_corpus_and_tokenizer(tmp_path):
     tok = CharTokenizer.from_corpus("".join(corpus.documents), special_tokens=["<|endoftext|>"])
     a = tokenize_corpus(corpus, tok, cache=tmp_path)
     assert len(list((tmp_path / "tokens").glob("*.bin"))) == 1
+    cached = next((tmp_path / "tokens").glob("*.bin"))
+    stamp = cached.stat().st_mtime_ns, cached.stat().st_ino
     b = tokenize_corpus(corpus, tok, cache=tmp_path)  # reused, not rebuilt
+    assert (cached.stat().st_mtime_ns, cached.stat().st_ino) == stamp
     assert np.array_equal(a, b) and len(list((tmp_path / "tokens").glob("*.bin"))) == 1
+    # a damaged entry (truncated tokens, torn metadata) is detected and rebuilt, not trusted
+    cached.write_bytes(cached.read_bytes()[:10])
+    assert np.array_equal(tokenize_corpus(corpus, tok, cache=tmp_path), a)
+    next((tmp_path / "tokens").glob("*.json")).write_text("{")
+    assert np.array_equal(tokenize_corpus(corpus, tok, cache=tmp_path), a)
     eot = tok.token_to_id("<|endoftext|>")
     assert int((np.asarray(a) == eot).sum()) == len(corpus.documents)  # one end-of-text per document
     assert tok.decode(np.asarray(a[: len(corpus.documents[0])]).tolist()) == corpus.documents[0]
@@ -201,8 +209,21 @@ def test_batches_are_shifted_windows():
 
 
 def test_too_small_corpus_is_a_clear_error():
-    with pytest.raises(DataError, match="too small for block_size=64"):
-        PretrainData.from_tokens(np.arange(50, dtype=np.uint16), 0.1, 64)
+    with pytest.raises(DataError, match=r"tiny.txt has 50 tokens, too few for block_size=64.*smaller --block-size"):
+        PretrainData.from_tokens(np.arange(50, dtype=np.uint16), 0.1, 64, source="tiny.txt")
+
+
+def test_fetch_copies_a_verified_mirror_file_without_network(mirror_file, isolated, monkeypatch):
+    monkeypatch.setenv("MMLAB_DATA_MIRROR", str(mirror_file("the-verdict.txt").parent))
+    monkeypatch.setenv("MMLAB_OFFLINE", "1")
+    path = fetch(get_dataset("the-verdict"), force=True)
+    assert path == isolated / "cache" / "the-verdict.txt" and path.stat().st_size == 20479
+
+
+def test_offline_switch_refuses_downloads(isolated, monkeypatch):
+    monkeypatch.setenv("MMLAB_OFFLINE", "1")
+    with pytest.raises(DataError, match="MMLAB_OFFLINE is set"):
+        dataset_path("the-verdict")
 
 
 # ---- synthetic data ---------------------------------------------------------------------------

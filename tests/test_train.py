@@ -159,7 +159,8 @@ def test_ddp_with_two_processes_matches_one_process(tmp_path, run_env):
     env, _ = run_env
     config = tmp_path / "no_dropout.json"  # dropout masks depend on how rows are split over processes
     get_preset("nano", vocab_size=64).to_json(config)
-    common = ("--max-iters", "15", "--log-interval", "1", "--eval-interval", "15", "--warmup-iters", "3")
+    common = ("--max-iters", "15", "--log-interval", "1", "--eval-interval", "15", "--warmup-iters", "3",
+              "--grad-accum", "2")  # accumulation exercises DDP's no_sync path
     single = subprocess.run(_train_cmd(tmp_path / "single", config, *common, "--batch-size", "8"),
                             env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
@@ -317,6 +318,7 @@ def test_sample_cli_streams_text(tmp_path, run_env):
 def test_quickstart_offline_without_mirror_uses_the_synthetic_corpus(tmp_path):
     env = {k: v for k, v in ENV.items() if k != "MMLAB_DATA_MIRROR"}
     env["MMLAB_DATA_DIR"] = str(tmp_path / "empty-cache")
+    env["MMLAB_OFFLINE"] = "1"  # tests never touch the network, even on a machine that has one
     out = subprocess.run([sys.executable, "-m", "mmlab.cli", "quickstart", "--out", str(tmp_path / "qs"),
                           "--max-iters", "30"], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -335,3 +337,62 @@ def test_torch_compile_trains_and_saves_plain_names(tmp_path):
     assert math.isfinite(result.final_train_loss)
     names = load_file(tmp_path / "compiled" / "ckpt" / "model.safetensors").keys()
     assert names and not any("_orig_mod" in n for n in names)
+
+
+def test_resume_edge_cases_are_clear_and_safe(tmp_path, run_env):
+    env, config = run_env
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "mmlab.cli", "train", "pretrain", *args], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    run = tmp_path / "run"
+    assert subprocess.run(_train_cmd(run, config, "--max-iters", "20"), env=env, capture_output=True,
+                          timeout=300).returncode == 0
+    # a torn last line (the crash we recover from) is dropped, not a traceback
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 25, "loss": 3.1')
+    at_end = cli("--out", str(run), "--resume")
+    assert at_end.returncode == 1 and "already at step 20; pass --max-iters larger" in at_end.stderr
+    extended = cli("--out", str(run), "--resume", "--max-iters", "30")
+    assert extended.returncode == 0, extended.stderr
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["max_iters"] == 30 and saved["lr_decay_iters"] == 20  # the schedule does not restart
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 30
+    # a corrupt trainer state is named, not a traceback
+    (run / "ckpt" / "trainer_state.pt").write_bytes(b"not a pickle")
+    broken = cli("--out", str(run), "--resume", "--max-iters", "40")
+    assert broken.returncode == 1 and "cannot read trainer state" in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_overwrite_deletes_only_a_runs_own_files(tmp_path, run_env):
+    env, config = run_env
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    refused = subprocess.run(_train_cmd(precious, config, "--max-iters", "3", "--overwrite"), env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and "refusing to overwrite" in refused.stderr
+    assert (precious / "thesis.txt").read_text() == "years of work"
+    run = tmp_path / "run"
+    for _ in range(2):  # the second time replaces the first run
+        ok = subprocess.run(_train_cmd(run, config, "--max-iters", "3", "--overwrite"), env=env,
+                            capture_output=True, text=True, timeout=300)
+        assert ok.returncode == 0, ok.stderr
+    nothing = subprocess.run([sys.executable, "-m", "mmlab.cli", "train", "pretrain", "--out",
+                              str(tmp_path / "empty"), "--resume"], env=env, capture_output=True, text=True)
+    assert nothing.returncode == 1 and "cannot resume" in nothing.stderr and "Traceback" not in nothing.stderr
+
+
+def test_a_crash_between_the_renames_is_recovered(tmp_path):
+    """If a save died after moving ckpt -> ckpt.old but before moving the new one in, ckpt.old is
+    found, and the next save does not delete it before the new checkpoint is in place."""
+    model = MiniMindLM(get_preset("nano"))
+    save_checkpoint(tmp_path / "ckpt", model)
+    (tmp_path / "ckpt").rename(tmp_path / "ckpt.old")
+    (tmp_path / ".ckpt.tmp-dead").mkdir()  # debris of the killed save
+    assert load_model(tmp_path).num_params() == model.num_params()
+    save_checkpoint(tmp_path / "ckpt", model)  # ckpt.old is removed only after the new ckpt is in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert oct((tmp_path / "ckpt").stat().st_mode & 0o777) != oct(0o700)

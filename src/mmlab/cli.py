@@ -103,7 +103,8 @@ def _train_config(args: argparse.Namespace):
     from mmlab.train.config import TrainConfig
 
     given = {k: getattr(args, k) for k in ("max_iters", "batch_size", "block_size", "grad_accum", "lr", "min_lr",
-                                           "warmup_iters", "schedule", "weight_decay", "grad_clip", "dtype",
+                                           "warmup_iters", "lr_decay_iters", "schedule", "weight_decay",
+                                           "grad_clip", "dtype",
                                            "device", "compile", "eval_interval", "eval_batches", "log_interval",
                                            "seed")
              if getattr(args, k, None) is not None}
@@ -119,13 +120,15 @@ def _cmd_train_pretrain(args: argparse.Namespace) -> int:
 
     model_cfg = ModelConfig.from_json(args.config) if args.config else args.preset
     try:
-        result = pretrain(model_cfg, args.data, _train_config(args), tokenizer=args.tokenizer, resume=args.resume)
+        result = pretrain(model_cfg, args.data, _train_config(args), tokenizer=args.tokenizer, resume=args.resume,
+                          overwrite=args.overwrite)
     finally:
         distributed.teardown()
     if not distributed.setup_was_main():
         return 0
-    print(f"done: {result.steps} steps in {result.elapsed_s:.1f} s, final val loss "
-          f"{result.final_val_loss:.4f}; checkpoint {result.out_dir / 'ckpt'}, plot {result.out_dir / 'loss.png'}")
+    val = "n/a" if result.final_val_loss is None else f"{result.final_val_loss:.4f}"
+    print(f"done: {result.steps} steps in {result.elapsed_s:.1f} s, final val loss {val}; "
+          f"checkpoint {result.out_dir / 'ckpt'}, plot {result.out_dir / 'loss.png'}")
     return 0
 
 
@@ -144,6 +147,53 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from mmlab.quickstart import quickstart
 
     quickstart(out=args.out, max_iters=args.max_iters, overwrite=args.overwrite, compile_model=args.compile)
+    return 0
+
+
+def _cmd_exp_list(args: argparse.Namespace) -> int:
+    from mmlab.lab.registry import discover
+
+    for script in discover():
+        status = "results committed" if script.results_json.is_file() else "no results yet"
+        print(f"{script.id:<48} {status:<18} {script.question()}")
+    return 0
+
+
+def _cmd_exp_run(args: argparse.Namespace) -> int:
+    from mmlab.lab.registry import discover, find, run
+
+    if args.all == bool(args.id):
+        raise MMLabError("name one experiment ID, or pass --all")
+    scripts = discover() if args.all else [find(args.id)]
+    mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
+    failed, total = [], 0.0
+    for script in scripts:
+        print(f"== {script.id} ({mode})", file=sys.stderr, flush=True)
+        code, seconds = run(script, mode)
+        total += seconds
+        print(f"== {script.id}: {'ok' if code == 0 else f'FAILED (exit {code})'} in {seconds:.1f} s",
+              file=sys.stderr, flush=True)
+        if code:
+            failed.append(script.id)
+    if len(scripts) > 1:
+        print(f"{len(scripts) - len(failed)}/{len(scripts)} experiments ok in {total:.1f} s", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_lab_render(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmlab.lab.registry import modules_root
+    from mmlab.lab.render import render_all
+
+    root = modules_root()
+    extra = [root.parent / "README.md"]
+    changed = render_all(root, extra, write=not args.check)
+    for path in changed:
+        print(f"{'out of date' if args.check else 'rendered'}: {Path(path)}")
+    if args.check and changed:
+        print("run `mmlab lab render` to regenerate the result blocks from the committed JSON", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -223,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="char | bpe | a saved tokenizer folder (default: char for small vocabularies, else bpe)")
     p.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl, loss.png")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (only a run's own files are deleted; other folders are refused)")
     p.add_argument("--max-iters", type=_positive_int)
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--block-size", type=_positive_int, help="tokens per row (default: the model's max_seq_len)")
@@ -230,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--min-lr", type=float)
     p.add_argument("--warmup-iters", type=int)
+    p.add_argument("--lr-decay-iters", type=_positive_int,
+                   help="step where the decay reaches min_lr (default: max_iters; on --resume, the run's own)")
     p.add_argument("--schedule", choices=["cosine", "constant", "wsd"])
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--grad-clip", type=float)
@@ -254,6 +308,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_sample)
+
+    exp = sub.add_parser("exp", help="the tutorial's comparative experiments",
+                         description="List and run the experiments under modules/.")
+    exp_sub = exp.add_subparsers(dest="exp_command", metavar="SUBCOMMAND", required=True)
+    p = exp_sub.add_parser("list", help="every experiment, its question and whether results exist",
+                           description="List every experiment with its question.")
+    p.set_defaults(func=_cmd_exp_list)
+    p = exp_sub.add_parser("run", help="run one experiment (ID) or all of them (--all)",
+                           description="Run experiments, each in its own process. Full mode writes the lesson's "
+                                       "results/; --quick writes results/quick/; --smoke a temporary folder.")
+    p.add_argument("id", nargs="?", help="e.g. 01-normalization/exp1_deep_stack (or just exp1_deep_stack)")
+    p.add_argument("--all", action="store_true", help="every experiment")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="small budget (<= 60 s each)")
+    mode.add_argument("--smoke", action="store_true", help="a few steps each (tests)")
+    p.set_defaults(func=_cmd_exp_run)
+
+    lab = sub.add_parser("lab", help="docs result blocks", description="Maintain the docs' result blocks.")
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="SUBCOMMAND", required=True)
+    p = lab_sub.add_parser("render", help="regenerate every <!-- mmlab:result --> block from committed JSON",
+                           description="Regenerate every result block in modules/**/*.md and README.md.")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is out of date")
+    p.set_defaults(func=_cmd_lab_render)
 
     p = sub.add_parser("quickstart", help="train a tiny Shakespeare model in about two minutes, then sample",
                        description="Train the shakespeare-char preset on TinyShakespeare (the synthetic corpus "

@@ -26,7 +26,7 @@ def choose_data() -> str:
         dataset_path("tinyshakespeare")
         return "tinyshakespeare"
     except DataError as e:
-        print(f"note: TinyShakespeare is unreachable ({e.__class__.__name__}); training on the built-in "
+        print(f"note: TinyShakespeare is unavailable ({e}); training on the built-in "
               "synthetic-stories corpus instead. Set MMLAB_DATA_MIRROR to a folder holding "
               "tinyshakespeare_input.txt to use the real text.", file=sys.stderr)
         return "synthetic-stories"

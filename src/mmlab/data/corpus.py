@@ -45,8 +45,9 @@ def read_text(path: str | Path) -> str:
         ) from None
 
 
-def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Records of a JSON-lines file; a malformed line is an error naming file:line."""
+def iter_jsonl(path: str | Path, with_lines: bool = False) -> Iterator[Any]:
+    """Records of a JSON-lines file (or (line number, record) pairs); a malformed line is an error
+    naming file:line."""
     path = Path(path)
     for lineno, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -57,7 +58,7 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
             raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-        yield record
+        yield (lineno, record) if with_lines else record
 
 
 def read_json(path: str | Path) -> Any:
@@ -100,9 +101,9 @@ def load_corpus(name_or_path: str, synthetic_chars: int = 400_000, seed: int = 0
             )
         if path.suffix == ".jsonl":
             docs = []
-            for i, record in enumerate(iter_jsonl(path), start=1):
+            for lineno, record in iter_jsonl(path, with_lines=True):
                 if not isinstance(record.get("text"), str):
-                    raise DataError(f"{path}: record {i} has no string field 'text'")
+                    raise DataError(f"{path}:{lineno}: no string field 'text'")
                 docs.append(record["text"])
         else:
             text = read_text(path)

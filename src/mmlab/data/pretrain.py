@@ -38,8 +38,13 @@ def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, cache: Path | None = N
     folder = (cache or cache_dir()) / "tokens"
     path, meta_path = folder / f"{key}.bin", folder / f"{key}.json"
     if path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        return np.memmap(path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
+        try:
+            meta = json.loads(meta_path.read_text())
+            if path.stat().st_size == meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
+                return np.memmap(path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            pass
+        # a damaged cache entry (truncated file, torn metadata): rebuild it below
 
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
     encode_batch = getattr(tokenizer, "encode_batch", None)
@@ -60,7 +65,10 @@ def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, cache: Path | None = N
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written token file under the key
     meta = {"dtype": np.dtype(dtype).name, "n_tokens": int(tokens.size), "corpus": corpus.name,
             "documents": len(corpus.documents), "vocab_size": tokenizer.vocab_size}
-    meta_path.write_text(json.dumps(meta))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".meta-")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(meta))
+    os.replace(tmp, meta_path)
     return np.memmap(path, dtype=dtype, mode="r", shape=(tokens.size,))
 
 
@@ -68,18 +76,23 @@ def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, cache: Path | None = N
 class PretrainData:
     """Train and val token arrays; random windows of ``block_size + 1`` tokens make (x, y) pairs."""
 
-    train: torch.Tensor  # (N_train,) int64
+    train: torch.Tensor  # (N_train,) int32 (4 bytes per token in RAM; batches are cast to int64)
     val: torch.Tensor
 
     @classmethod
-    def from_tokens(cls, tokens: np.ndarray, val_fraction: float = 0.1, block_size: int = 64) -> PretrainData:
+    def from_tokens(
+        cls, tokens: np.ndarray, val_fraction: float = 0.1, block_size: int = 64, source: str = "the corpus"
+    ) -> PretrainData:
         n = len(tokens)
         n_val = int(n * val_fraction)
         if n - n_val < block_size + 2 or (val_fraction > 0 and n_val < block_size + 2):
+            need = int((block_size + 2) / max(val_fraction, 1e-9)) + 1 if val_fraction > 0 else block_size + 2
             raise DataError(
-                f"corpus of {n:,} tokens is too small for block_size={block_size} with val_fraction={val_fraction}"
+                f"{source} has {n:,} tokens, too few for block_size={block_size} with val_fraction={val_fraction} "
+                f"(each split needs block_size + 2 tokens: about {need:,} in all); use a smaller --block-size "
+                "or a larger corpus"
             )
-        all_tokens = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+        all_tokens = torch.from_numpy(np.asarray(tokens, dtype=np.int32))
         return cls(train=all_tokens[: n - n_val], val=all_tokens[n - n_val:])
 
     def get_batch(
@@ -88,7 +101,7 @@ class PretrainData:
         """x, y: (batch_size, block_size); y is x shifted by one token."""
         data = self.train if split == "train" else self.val
         starts = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
-        windows = data[starts[:, None] + torch.arange(block_size + 1)]  # one gather, no Python loop
+        windows = data[starts[:, None] + torch.arange(block_size + 1)].long()  # one gather, no Python loop
         return windows[:, :-1], windows[:, 1:]
 
     def eval_batches(

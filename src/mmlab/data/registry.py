@@ -172,21 +172,32 @@ def dataset_path(name: str, download: bool = True) -> Path:
         return mirror / ds.filename
     if not download:
         raise DataError(f"dataset {name!r} is not in the cache ({cached}) or the mirror ({mirror or 'unset'})")
-    return fetch(ds)
+    return fetch(ds)  # the mirror had no copy: download
 
 
 def fetch(ds: Dataset, force: bool = False, timeout: float = 30.0) -> Path:
-    """Download into the cache (a temp file, verified, then renamed: never a half-written file)."""
+    """Put a verified copy in the cache: from the mirror when it has a good one, else downloaded.
+    Written to a temp file, verified, then renamed: never a half-written file."""
     target = cache_dir() / ds.filename
     if target.is_file() and not force:
         verify(ds, target)
         return target
+    mirror = mirror_dir()
+    source = mirror / ds.filename if mirror is not None and (mirror / ds.filename).is_file() else None
+    if source is None and os.environ.get("MMLAB_OFFLINE"):
+        raise DataError(f"dataset {ds.name!r} is not in the cache or the mirror and MMLAB_OFFLINE is set (no "
+                        f"download from {ds.url}); set MMLAB_DATA_MIRROR to a folder holding {ds.filename}")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{ds.filename}.", dir=target.parent)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(ds.url, timeout=timeout) as response:
-            shutil.copyfileobj(response, out)
+        if source is not None:
+            verify(ds, source)
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out)
+        else:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(ds.url, timeout=timeout) as response:
+                shutil.copyfileobj(response, out)
         verify(ds, tmp)
         os.replace(tmp, target)
     except (urllib.error.URLError, OSError, TimeoutError) as e:

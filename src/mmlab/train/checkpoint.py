@@ -57,7 +57,12 @@ def save_checkpoint(
     """Write a checkpoint folder atomically (see module docstring)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a checkpoint is an ordinary folder
     try:
         save_model(model, str(tmp / MODEL_FILE))
         model.cfg.to_json(tmp / CONFIG_FILE)
@@ -66,12 +71,13 @@ def save_checkpoint(
         if trainer_state is not None:
             torch.save(trainer_state, tmp / STATE_FILE)
         for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         old = path.with_name(path.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
+        if path.exists():  # keep the current checkpoint as .old until the new one is in place
+            if old.exists():
+                shutil.rmtree(old)
             os.replace(path, old)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -131,4 +137,10 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
     folder = resolve_checkpoint(path)
     if not (folder / STATE_FILE).is_file():
         raise CheckpointError(f"{folder}: no {STATE_FILE}, so this checkpoint cannot be resumed")
-    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises RuntimeError / ValueError / EOFError / UnpicklingError
+        raise CheckpointError(f"{folder / STATE_FILE}: cannot read trainer state ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{folder / STATE_FILE}: not a trainer state")
+    return state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ class TrainConfig:
     seed: int = 1337
     val_fraction: float = 0.1
     progress: bool = True  # a progress bar on a terminal, log lines otherwise
+    save_checkpoints: bool = True  # experiments that only need the losses turn this off
+    plot: bool = True  # write loss.png at the end
 
     def __post_init__(self) -> None:
         self.validate()
@@ -64,8 +67,14 @@ class TrainConfig:
             raise ConfigError(f"dtype={self.dtype!r} is not one of: {', '.join(DTYPES)}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction={self.val_fraction} must be in [0, 1)")
+        for name in ("lr", "grad_clip", "weight_decay", "beta1", "beta2", "val_fraction", "decay_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name}={value!r} must be a finite number")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("grad_clip and weight_decay must be >= 0")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed={self.seed} must be in [0, 2**63)")
 
     @property
     def resolved_min_lr(self) -> float:
@@ -91,6 +100,10 @@ class TrainConfig:
             saved = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        if "max_iters" in overrides and "lr_decay_iters" not in overrides and saved.get("lr_decay_iters") is None:
+            # extending a run must not restart the schedule: the decay still ends where it was planned
+            # to (then the rate stays at min_lr); pass --lr-decay-iters to plan a new decay
+            overrides["lr_decay_iters"] = saved.get("max_iters")
         return cls.from_dict({**saved, **overrides, "out_dir": str(out_dir)})
 
     @classmethod

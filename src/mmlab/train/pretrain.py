@@ -31,6 +31,7 @@ class PretrainBatches:
     eval_batch_size: int
     n_eval_batches: int
     data_name: str = ""
+    corpus_sha256: str = ""
 
     def __post_init__(self) -> None:
         self._eval = {
@@ -46,6 +47,33 @@ class PretrainBatches:
 
     def eval_batches(self, split: str):
         return self._eval.get(split, [])
+
+
+RUN_FILES = ("ckpt", "ckpt.old", "metrics.jsonl", "train_config.json", "loss.png")
+
+
+def clear_run(out: Path) -> None:
+    """Delete a run's own files so it can start over. A folder holding anything else is refused:
+    --overwrite must never delete a user's files."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise MMLabError(f"--out {out} is a file, not a run folder")
+    foreign = [p.name for p in out.iterdir() if p.name not in RUN_FILES and not p.name.startswith(".ckpt.tmp-")]
+    if foreign:
+        raise MMLabError(f"refusing to overwrite {out}: it holds files that are not a run's ({', '.join(foreign[:5])})")
+    for p in out.iterdir():
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def corpus_fingerprint(corpus: Corpus) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for doc in corpus.documents:
+        h.update(doc.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
 
 
 def build_tokenizer(spec: str, corpus: Corpus, vocab_size: int) -> Tokenizer:
@@ -67,15 +95,24 @@ def prepare_run(
     resume: bool = False,
 ) -> tuple[MiniMindLM, Tokenizer, PretrainBatches]:
     """Everything the loop needs. On resume the model config, tokenizer and corpus come from the run."""
+    saved_sha = None
     if resume:
-        ckpt = resolve_checkpoint(Path(train_cfg.out_dir) / "ckpt")
-        saved_data = load_trainer_state(ckpt).get("extra", {}).get("data")
+        try:
+            ckpt = resolve_checkpoint(Path(train_cfg.out_dir) / "ckpt")
+        except MMLabError:
+            raise MMLabError(f"nothing to resume in {train_cfg.out_dir}: no checkpoint (the run stopped before its "
+                             "first one); start it again without --resume") from None
+        extra = load_trainer_state(ckpt).get("extra", {})
+        saved_data, saved_sha = extra.get("data"), extra.get("corpus_sha256")
         if data is not None and saved_data is not None and data != saved_data:
             raise MMLabError(f"{train_cfg.out_dir} was trained on {saved_data!r}; resuming on {data!r} would "
                              "change the run (start a new --out instead)")
         data = data or saved_data
     data = data or "tinyshakespeare"
     corpus = load_corpus(data, seed=train_cfg.seed)
+    if saved_sha is not None and corpus_fingerprint(corpus) != saved_sha:
+        raise MMLabError(f"the corpus {data!r} changed since {train_cfg.out_dir} was trained on it (different text, "
+                         "or another --seed for a synthetic corpus); resuming would change the run")
     if resume:
         cfg = ModelConfig.from_json(ckpt / "config.json")
         tok = load_checkpoint_tokenizer(ckpt)
@@ -88,8 +125,9 @@ def prepare_run(
     if block > cfg.max_seq_len:
         raise MMLabError(f"block_size={block} is longer than the model's max_seq_len={cfg.max_seq_len}")
     tokens = tokenize_corpus(corpus, tok)
-    batches = PretrainBatches(PretrainData.from_tokens(tokens, train_cfg.val_fraction, block), block,
-                              train_cfg.batch_size, train_cfg.eval_batches, data_name=data)
+    batches = PretrainBatches(PretrainData.from_tokens(tokens, train_cfg.val_fraction, block, corpus.source), block,
+                              train_cfg.batch_size, train_cfg.eval_batches, data_name=data,
+                              corpus_sha256=corpus_fingerprint(corpus))
     torch.manual_seed(train_cfg.seed)
     return MiniMindLM(cfg), tok, batches
 
@@ -105,9 +143,10 @@ def pretrain(
 ) -> TrainResult:
     """Train a model from scratch (or resume) on a corpus; returns losses, time and tokens seen."""
     out = Path(train_cfg.out_dir)
-    if overwrite and not resume and out.exists():
-        shutil.rmtree(out)
     model, tok, batches = prepare_run(model_cfg, data, train_cfg, tokenizer, resume)
+    if overwrite and not resume:
+        clear_run(out)  # only once the new run is ready to start
     trainer = Trainer(model, NextTokenLoss(), batches, train_cfg, tokenizer=tok, resume=resume,
-                      extra_state={"data": batches.data_name}, **trainer_kwargs)
+                      extra_state={"data": batches.data_name, "corpus_sha256": batches.corpus_sha256},
+                      **trainer_kwargs)
     return trainer.fit()

@@ -40,6 +40,10 @@ Batch = Any
 class TrainingDiverged(MMLabError):
     """The loss or the gradient became NaN/inf; the message names the step and the last good checkpoint."""
 
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
 
 class Objective(Protocol):
     """How a batch becomes a loss. Returns (sum of per-token losses, number of tokens, metrics)."""
@@ -113,11 +117,19 @@ class Trainer:
         self.metrics_path = self.out / "metrics.jsonl"
         self.extra_state = extra_state or {}
         self.on_log = on_log
-        if self.dist.is_main and not resume and (self.ckpt_path.exists() or self.metrics_path.exists()):
+        if self.out.exists() and not self.out.is_dir():
+            raise MMLabError(f"--out {self.out} is a file, not a folder")
+        has_ckpt = any((self.out / n).exists() for n in ("ckpt", "ckpt.old"))
+        if self.dist.is_main and not resume and has_ckpt:
             raise MMLabError(
                 f"{self.out} already holds a run; pass --resume to continue it, or choose another --out "
                 "(nothing was overwritten)"
             )
+        if resume and not has_ckpt:
+            raise MMLabError(f"nothing to resume in {self.out}: no checkpoint (the run stopped before its first "
+                             "one); start it again without --resume")
+        if self.dist.is_main and not resume and self.metrics_path.exists():
+            self.metrics_path.unlink()  # metrics of a run that never reached a checkpoint: it starts over
         torch.manual_seed(cfg.seed)
         self.model = model.to(self.device)  # the raw module: what we save (no wrapper prefixes)
         self.optimizer = build_optimizer(self.model, cfg)
@@ -141,6 +153,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "train_config": self.cfg.to_dict(),
             "rng": {"torch": torch.get_rng_state(), "data": self.generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                     "python": random.getstate(), "numpy": np.random.get_state()},
             "extra": self.extra_state,
         }
@@ -154,7 +167,12 @@ class Trainer:
         self.model.to(self.device)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
+        if self.step >= self.cfg.max_iters:
+            raise MMLabError(f"the run in {self.out} is already at step {self.step}; pass --max-iters larger than "
+                             f"{self.step} to continue it")
         torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.generator.set_state(state["rng"]["data"])
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
@@ -162,10 +180,16 @@ class Trainer:
         self.last_good_ckpt = self.ckpt_path
         # metrics after the checkpoint belong to the lost part of the run: drop them
         if self.dist.is_main and self.metrics_path.is_file():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= self.step]
-            self.metrics_path.write_text("".join(line + "\n" for line in kept))
-            self.history = [json.loads(line) for line in kept]
+            kept = []
+            for line in self.metrics_path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by the crash we are recovering from
+                if isinstance(record, dict) and record.get("step", 0) <= self.step:
+                    kept.append(record)
+            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            self.history = kept
 
     def save(self) -> None:
         if self.dist.is_main:
@@ -207,7 +231,8 @@ class Trainer:
             where = self.last_good_ckpt or "none saved yet"
             raise TrainingDiverged(
                 f"training diverged at step {self.step}: loss {loss_value}, gradient norm {grad_norm}; "
-                f"the last good checkpoint is {where} (try a lower --lr or more warmup)"
+                f"the last good checkpoint is {where} (try a lower --lr or more warmup)",
+                step=self.step,
             )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -276,7 +301,7 @@ class Trainer:
                               "train_s": t_pause - t0 - overhead}
                     self._log(record)
                     bar.message(_format_eval(record))
-                if self.step % cfg.resolved_ckpt_interval == 0 or is_last:
+                if cfg.save_checkpoints and (self.step % cfg.resolved_ckpt_interval == 0 or is_last):
                     self.save()
                     bar.message(f"step {self.step}: saved checkpoint {self.ckpt_path}")
                 paused = time.perf_counter() - t_pause
@@ -284,7 +309,7 @@ class Trainer:
                 window_t += paused  # keep tokens/s a training rate
         finally:
             bar.close()
-            if self.dist.is_main and self.history:
+            if self.dist.is_main and self.history and cfg.plot:
                 from mmlab.train.plots import plot_losses
 
                 plot_losses(self.history, self.out / "loss.png", title=self.out.name)

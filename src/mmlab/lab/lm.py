@@ -1,0 +1,95 @@
+"""Training language models inside experiments: the real data, the real model, the real loop.
+
+``train_lm`` runs the library's ``Trainer`` on TinyShakespeare (characters) and returns what
+comparisons need — the loss history, the final validation loss, the step where a run diverged and
+its speed — without writing checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from mmlab.config import ModelConfig, get_preset
+from mmlab.data.corpus import load_corpus
+from mmlab.data.pretrain import PretrainData, tokenize_corpus
+from mmlab.model.lm import MiniMindLM
+from mmlab.tokenizer.char import CharTokenizer
+from mmlab.train.config import TrainConfig
+from mmlab.train.pretrain import PretrainBatches
+from mmlab.train.trainer import NextTokenLoss, Trainer, TrainingDiverged
+
+
+@lru_cache(maxsize=4)
+def shakespeare_tokens(corpus: str = "tinyshakespeare") -> tuple[CharTokenizer, Any]:
+    """The character tokenizer and token ids of a corpus (cached per process)."""
+    c = load_corpus(corpus)
+    tok = CharTokenizer.from_corpus("".join(c.documents))
+    return tok, tokenize_corpus(c, tok)
+
+
+def shakespeare_config(**overrides: Any) -> ModelConfig:
+    """The ``shakespeare-char`` preset (nanoGPT's baby-GPT size) with some switches changed."""
+    tok, _ = shakespeare_tokens()
+    return get_preset("shakespeare-char", vocab_size=tok.vocab_size, **overrides)
+
+
+def batches(block_size: int, batch_size: int, eval_batches: int) -> PretrainBatches:
+    _, tokens = shakespeare_tokens()
+    data = PretrainData.from_tokens(tokens, 0.1, block_size)
+    return PretrainBatches(data, block_size, batch_size, eval_batches, data_name="tinyshakespeare")
+
+
+def train_lm(
+    cfg: ModelConfig,
+    steps: int,
+    lr: float,
+    seed: int = 0,
+    batch_size: int = 12,
+    block_size: int | None = None,
+    eval_interval: int | None = None,
+    eval_batches: int = 20,
+    warmup: int | None = None,
+    dtype: str = "fp32",
+    device: str = "cpu",
+    grad_clip: float = 1.0,
+) -> dict[str, Any]:
+    """Train ``cfg`` for ``steps`` and report losses. A run *diverges* when its loss or gradient
+    becomes NaN/inf (the loop stops there) or when it ends no better than a uniform guess."""
+    block = block_size or cfg.max_seq_len
+    warmup = min(100, steps // 10) if warmup is None else warmup
+    with tempfile.TemporaryDirectory() as out:
+        tcfg = TrainConfig(out_dir=out, max_iters=steps, batch_size=batch_size, block_size=block, lr=lr,
+                           min_lr=lr / 10, warmup_iters=warmup, eval_interval=eval_interval or max(1, steps // 5),
+                           eval_batches=eval_batches, log_interval=max(1, steps // 50), seed=seed,
+                           grad_clip=grad_clip, dtype=dtype, device=device, progress=False,
+                           save_checkpoints=False, plot=False)
+        torch.manual_seed(seed)
+        model = MiniMindLM(cfg)
+        trainer = Trainer(model, NextTokenLoss(), batches(block, batch_size, eval_batches), tcfg)
+        diverged_at = None
+        try:
+            result = trainer.fit()
+            history, elapsed = result.history, result.elapsed_s
+        except TrainingDiverged as e:
+            diverged_at, history, elapsed = e.step, trainer.history, None
+    evals = [r for r in history if "val_loss" in r]
+    train = [r for r in history if "loss" in r]
+    final_val = evals[-1]["val_loss"] if evals and diverged_at is None else float("nan")
+    if diverged_at is None and not final_val < math.log(cfg.vocab_size):
+        diverged_at = steps  # finished, but no better than guessing uniformly
+    rates = [r["tokens_per_s"] for r in train[1:]] or [r["tokens_per_s"] for r in train] or [float("nan")]
+    rates.sort()
+    return {
+        "final_val_loss": final_val,
+        "diverged_at": diverged_at,
+        "val_curve": [(r["step"], r["val_loss"]) for r in evals],
+        "train_curve": [(r["step"], r["loss"]) for r in train],
+        "tokens_per_s": rates[len(rates) // 2],
+        "elapsed_s": elapsed,
+        "model": model,
+    }

@@ -1,0 +1,93 @@
+"""Result blocks in the Markdown: numbers in the docs come from committed result JSON only.
+
+    <!-- mmlab:result exp2_norm_comparison -->            the findings, as a table
+    <!-- mmlab:result exp2_norm_comparison table=final --> a table the experiment recorded
+    ... generated text ...
+    <!-- /mmlab:result -->
+
+``render_file`` regenerates every block from the JSON in the lesson's ``results/`` folder (the
+Markdown file's folder, or a path relative to ``modules/`` such as
+``01-foundation/01-normalization/exp2_norm_comparison``); ``check`` lists blocks that disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from mmlab.errors import MMLabError
+
+BLOCK = re.compile(
+    r"(?P<open><!-- mmlab:result (?P<ref>[\w./-]+)(?: table=(?P<table>[\w-]+))? -->\n)(?P<body>.*?)"
+    r"(?P<close><!-- /mmlab:result -->)",
+    re.S,
+)
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.3g}"
+        return f"{value:.4g}"
+    if value is None:
+        return "—"
+    return str(value)
+
+
+def load_result(ref: str, markdown: Path, modules: Path | None) -> tuple[dict[str, Any], Path]:
+    candidates = [markdown.parent / "results" / f"{ref}.json"]
+    if "/" in ref and modules is not None:
+        *lesson, name = ref.split("/")
+        candidates.append(modules.joinpath(*lesson) / "results" / f"{name}.json")
+    for path in candidates:
+        if path.is_file():
+            return json.loads(path.read_text()), path
+    raise MMLabError(f"{markdown}: result block {ref!r} has no results JSON (looked in {candidates[0]})")
+
+
+def render_block(result: dict[str, Any], table: str | None, source: Path) -> str:
+    mode = "" if result.get("mode") == "full" else f" ({result.get('mode')} mode)"
+    provenance = f"*Measured by `{result['experiment']}`{mode}; results: `results/{source.name}`.*\n"
+    if table:
+        if table not in result.get("tables", {}):
+            raise MMLabError(f"{source}: no table {table!r} (has: {', '.join(result.get('tables', {}))})")
+        t = result["tables"][table]
+        lines = ["| " + " | ".join(t["headers"]) + " |", "|" + "---|" * len(t["headers"])]
+        lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in t["rows"]]
+        caption = f"\n{t['caption']}\n" if t.get("caption") else ""
+        return "\n".join(lines) + "\n" + caption + "\n" + provenance
+    lines = ["| finding | measured | holds? |", "|---|---|---|"]
+    for f in result["findings"]:
+        evidence = ", ".join(f"{k} = {fmt(v)}" for k, v in f["evidence"].items())
+        lines.append(f"| {f['claim']} | {evidence} | {'**yes**' if f['holds'] else '**no**'} |")
+    return "\n".join(lines) + "\n\n" + provenance
+
+
+def render_text(text: str, markdown: Path, modules: Path | None) -> str:
+    def replace(m: re.Match) -> str:
+        result, source = load_result(m["ref"], markdown, modules)
+        return m["open"] + render_block(result, m["table"], source) + m["close"]
+
+    return BLOCK.sub(replace, text)
+
+
+def markdown_files(modules: Path, extra: list[Path] | None = None) -> list[Path]:
+    files = sorted(modules.rglob("*.md")) + list(extra or [])
+    return [f for f in files if f.is_file() and "mmlab:result" in f.read_text(encoding="utf-8")]
+
+
+def render_all(modules: Path, extra: list[Path] | None = None, write: bool = True) -> list[Path]:
+    """Re-render every block; return the files whose text changed (written when ``write``)."""
+    changed = []
+    for path in markdown_files(modules, extra):
+        text = path.read_text(encoding="utf-8")
+        new = render_text(text, path, modules)
+        if new != text:
+            changed.append(path)
+            if write:
+                path.write_text(new, encoding="utf-8")
+    return changed

@@ -1,0 +1,149 @@
+"""The experiment runtime and the lessons: every experiment runs (smoke), committed results exist and
+agree with the docs, code guides name real symbols, quizzes are well formed."""
+
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmlab.lab import Experiment
+from mmlab.lab.registry import discover
+from mmlab.lab.render import BLOCK, render_text
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ROOT / "modules"
+SCRIPTS = discover(MODULES)
+LESSONS = sorted({s.lesson_dir for s in SCRIPTS})
+
+
+def test_there_are_experiments():
+    assert len(SCRIPTS) >= 5
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.id)
+def test_experiment_runs_in_smoke_mode(script, tmp_path, mirror_file):
+    env = {**os.environ, "MMLAB_DATA_MIRROR": str(mirror_file("tinyshakespeare_input.txt").parent),
+           "MMLAB_DATA_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script.path), "--smoke", "--out", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / f"{script.path.stem}.json").read_text())
+    assert result["mode"] == "smoke" and result["question"] and result["findings"]
+    assert all(isinstance(f["holds"], bool) for f in result["findings"])
+    assert {"torch", "torch_threads"} <= set(result["environment"])
+    for name in result["figures"]:
+        assert (tmp_path / name).stat().st_size > 5_000
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.id)
+def test_full_results_are_committed(script):
+    result = json.loads(script.results_json.read_text())
+    assert result["mode"] == "full", f"{script.results_json} was not written by a full run"
+    assert result["experiment"] == script.path.stem
+    for name in result["figures"]:
+        assert (script.results_json.parent / name).is_file()
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.id)
+def test_script_has_help(script):
+    proc = subprocess.run([sys.executable, str(script.path), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--quick" in proc.stdout and "--smoke" in proc.stdout and "--seed" in proc.stdout
+
+
+def _markdown_with_blocks():
+    return [p for p in [*MODULES.rglob("*.md"), ROOT / "README.md"] if "mmlab:result" in p.read_text()]
+
+
+@pytest.mark.parametrize("path", _markdown_with_blocks(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_docs_blocks_match_committed_results(path):
+    """Every number in a result block comes from committed JSON: re-rendering changes nothing."""
+    text = path.read_text()
+    assert text == render_text(text, path, MODULES), f"run `mmlab lab render`: {path} is out of date"
+    for m in BLOCK.finditer(text):
+        assert m["body"].strip(), f"empty result block {m['ref']} in {path}"
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.name)
+def test_lesson_has_its_documents(lesson):
+    for name in ("README.md", "teaching.md", "code_guide.md", "quiz.md"):
+        assert (lesson / name).is_file(), name
+    teaching = (lesson / "teaching.md").read_text()
+    for heading in ("## Why", "## What", "## How"):
+        assert heading in teaching
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", teaching):
+        assert (lesson / image).is_file(), image
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.name)
+def test_code_guide_symbols_and_links_exist(lesson):
+    guide = (lesson / "code_guide.md").read_text()
+    symbols = set(re.findall(r"`(mmlab(?:\.\w+)+)`", guide))
+    assert symbols
+    for dotted in symbols:
+        parts = dotted.split(".")
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ModuleNotFoundError:
+                continue
+            for attr in parts[i:]:
+                assert hasattr(obj, attr), f"{dotted}: no attribute {attr}"
+                obj = getattr(obj, attr)
+            break
+        else:
+            pytest.fail(f"{dotted} does not import")
+    for link in re.findall(r"\]\(([^)#]+\.py)\)", guide):
+        assert (lesson / link).resolve().is_file(), link
+    # the methods the prose names must exist too
+    for cls, method in re.findall(r"`(\w+)\.(\w+)`", guide):
+        matches = [s for s in symbols if s.endswith("." + cls)]
+        if matches:
+            module, _, name = matches[0].rpartition(".")
+            assert hasattr(getattr(importlib.import_module(module), name), method), f"{cls}.{method}"
+
+
+def parse_quiz(text: str):
+    mc, open_q = [], []
+    for block in re.split(r"\n(?=### )", text):
+        if not block.startswith("### "):
+            continue
+        options = re.findall(r"^- \[([ x])\] ", block, re.M)
+        if options:
+            mc.append({"options": options, "explained": "**Explanation:**" in block})
+        elif "**Reference answer:**" in block:
+            open_q.append(block)
+    return mc, open_q
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.name)
+def test_quiz_is_well_formed(lesson):
+    mc, open_q = parse_quiz((lesson / "quiz.md").read_text())
+    assert len(mc) >= 5 and len(open_q) >= 2
+    for q in mc:
+        assert q["options"].count("x") == 1 and len(q["options"]) >= 3 and q["explained"]
+
+
+def test_runtime_writes_quick_results_apart_from_committed_ones(tmp_path):
+    lesson = tmp_path / "lesson"
+    exp = Experiment("exp9_demo", "A question?", mode="quick", lesson_dir=lesson)
+    exp.finding("one is less than two", 1 < 2, one=1, two=2)
+    exp.metric("nan_is_kept", float("nan"))
+    path = exp.save()
+    assert path == lesson / "results" / "quick" / "exp9_demo.json"
+    data = json.loads(path.read_text())
+    assert data["findings"][0]["holds"] is True and data["metrics"]["nan_is_kept"] == "nan"
+    assert Experiment("x", "q", mode="smoke").out_dir != lesson / "results"
+
+
+def test_exp_cli_lists_and_rejects_unknown(capsys):
+    from mmlab.cli import main
+
+    assert main(["exp", "list"]) == 0
+    assert "01-normalization/exp1_deep_stack" in capsys.readouterr().out
+    assert main(["exp", "run", "no_such_experiment"]) == 1
+    assert main(["lab", "render", "--check"]) == 0
