@@ -27,15 +27,20 @@ BLOCK = re.compile(
 
 
 def fmt(value: Any) -> str:
+    """A table cell: 4 significant digits, thousands separators for large numbers, pipes escaped."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+        if value != value or value in (float("inf"), float("-inf")):
+            return str(value)
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if value != 0 and abs(value) < 1e-3:
             return f"{value:.3g}"
         return f"{value:.4g}"
     if value is None:
         return "—"
-    return str(value)
+    return str(value).replace("|", "\\|")
 
 
 def load_result(ref: str, markdown: Path, modules: Path | None) -> tuple[dict[str, Any], Path]:
@@ -63,7 +68,8 @@ def render_block(result: dict[str, Any], table: str | None, source: Path) -> str
     lines = ["| finding | measured | holds? |", "|---|---|---|"]
     for f in result["findings"]:
         evidence = ", ".join(f"{k} = {fmt(v)}" for k, v in f["evidence"].items())
-        lines.append(f"| {f['claim']} | {evidence} | {'**yes**' if f['holds'] else '**no**'} |")
+        claim = f["claim"].replace("|", "\\|")
+        lines.append(f"| {claim} | {evidence} | {'**yes**' if f['holds'] else '**no**'} |")
     return "\n".join(lines) + "\n\n" + provenance
 
 

@@ -65,7 +65,7 @@ def main(exp: Experiment) -> None:
                 n_trained("Pre-LN + RMSNorm") >= n_trained("NoNorm"),
                 rmsnorm=n_trained("Pre-LN + RMSNorm"), nonorm=n_trained("NoNorm"))
     nan_steps = [runs[("NoNorm", lr)]["diverged_at"] for lr in lrs if runs[("NoNorm", lr)]["diverged_at"]]
-    exp.finding("The reference's 'NoNorm goes NaN at ~500 steps' holds (a NoNorm run diverges between steps 250 and 750)",
+    exp.finding("The reference's 'NoNorm goes NaN at ~500 steps' holds (a NoNorm run diverges at step 250-750)",
                 any(250 <= s <= 750 for s in nan_steps), divergence_steps=nan_steps or "none")
     exp.finding("The reference's final losses 3.5 / 2.8 / 2.7 hold within 0.2 (NoNorm / Post-LN / Pre-LN best)",
                 abs(best["NoNorm"] - 3.5) < 0.2 and abs(best["Post-LN (LayerNorm)"] - 2.8) < 0.2

@@ -37,7 +37,8 @@ def main(exp: Experiment) -> None:
             exp.log(f"depth {depth} {position}: val {run['final_val_loss']:.4f}, grad first/last "
                     f"{grads[0] / grads[-1]:.3f}")
         pre, post = results[(depth, "pre")], results[(depth, "post")]
-        rows.append([depth, pre["final_val_loss"], post["final_val_loss"], post["final_val_loss"] - pre["final_val_loss"],
+        gap = post["final_val_loss"] - pre["final_val_loss"]
+        rows.append([depth, pre["final_val_loss"], post["final_val_loss"], gap,
                      pre["grad_norms"][0] / pre["grad_norms"][-1], post["grad_norms"][0] / post["grad_norms"][-1]])
     exp.metric("runs", {f"{d} layers {p}": r for (d, p), r in results.items()})
     exp.table("depth", ["layers", "Pre-LN val loss", "Post-LN val loss", "Post - Pre",

@@ -4,9 +4,10 @@ Attention mixes the value vectors with weights computed from the contents of que
 nothing in it knows where a token sits. We check this on the real model, for the last position of
 a sequence of real TinyShakespeare characters:
   * without a causal mask and without positions, permuting the input permutes the output exactly;
-  * with the causal mask but without positions, shuffling the *context* (every token before the
-    last) leaves the prediction for the next token unchanged — "dog bites man" and "man bites dog"
-    look the same — while RoPE changes it.
+  * with the causal mask but without positions, does shuffling the *context* (every token before
+    the last) change the prediction for the next token? In one layer it cannot: the last position
+    attends over a bag of tokens. Deeper, the earlier positions' states depend on *their* prefixes,
+    so the causal mask itself leaks order. RoPE changes the prediction by design.
 """
 
 import torch
@@ -27,8 +28,14 @@ def main(exp: Experiment) -> None:
     torch.manual_seed(exp.seed)
     causal_none = MiniMindLM(shakespeare_config(pos_encoding="none")).eval()
     torch.manual_seed(exp.seed)
+    causal_none_1 = MiniMindLM(shakespeare_config(pos_encoding="none", n_layers=1)).eval()
+    torch.manual_seed(exp.seed)
     causal_rope = MiniMindLM(shakespeare_config(pos_encoding="rope")).eval()
-    equivariance, context_none, context_rope = [], [], []
+    equivariance, context_none, context_none_1, context_rope = [], [], [], []
+
+    def last_change(model, a, b):
+        return (model(a).logits[0, -1] - model(b).logits[0, -1]).abs().max().item()
+
     with torch.no_grad():
         for i in range(trials):
             seq = x[i:i + 1]
@@ -38,22 +45,32 @@ def main(exp: Experiment) -> None:
             equivariance.append((a - b).abs().max().item())
             ctx = torch.cat([torch.randperm(63, generator=g), torch.tensor([63])])  # keep the last token
             shuffled = seq[:, ctx]
-            context_none.append((causal_none(seq).logits[0, -1] - causal_none(shuffled).logits[0, -1]).abs().max().item())
-            context_rope.append((causal_rope(seq).logits[0, -1] - causal_rope(shuffled).logits[0, -1]).abs().max().item())
-    out = {"bidirectional_no_pos_equivariance": max(equivariance), "causal_no_pos_context_shuffle": max(context_none),
+            context_none.append(last_change(causal_none, seq, shuffled))
+            context_none_1.append(last_change(causal_none_1, seq, shuffled))
+            context_rope.append(last_change(causal_rope, seq, shuffled))
+    out = {"bidirectional_no_pos_equivariance": max(equivariance),
+           "causal_no_pos_1_layer_context_shuffle": max(context_none_1),
+           "causal_no_pos_context_shuffle_min": min(context_none), "causal_no_pos_context_shuffle": max(context_none),
            "causal_rope_context_shuffle_min": min(context_rope), "causal_rope_context_shuffle_max": max(context_rope)}
     exp.metric("max_abs_logit_differences", out)
     exp.table("permutation", ["model", "what we permute", "largest change in the logits"], [
         ["no mask, no positions", "all 64 tokens (compare permuted outputs)", out["bidirectional_no_pos_equivariance"]],
-        ["causal, no positions", "the 63 context tokens (last token kept)", out["causal_no_pos_context_shuffle"]],
+        ["causal, no positions, 1 layer", "the 63 context tokens (last token kept)",
+         out["causal_no_pos_1_layer_context_shuffle"]],
+        ["causal, no positions, 4 layers", "the 63 context tokens (last token kept)",
+         out["causal_no_pos_context_shuffle"]],
         ["causal, RoPE", "the 63 context tokens (last token kept)", out["causal_rope_context_shuffle_max"]],
     ], caption=f"Max over {trials} random sequences and permutations, untrained models, float32.")
     exp.finding("Without mask and positions, attention is permutation-equivariant (outputs move with inputs, "
                 "max difference < 1e-4)", out["bidirectional_no_pos_equivariance"] < 1e-4,
                 max_difference=out["bidirectional_no_pos_equivariance"])
-    exp.finding("Without positions, a causal LM's next-token prediction ignores the order of its context "
-                "(max difference < 1e-4)", out["causal_no_pos_context_shuffle"] < 1e-4,
-                max_difference=out["causal_no_pos_context_shuffle"])
+    exp.finding("A 1-layer causal model without positions is blind to the order of its context (max change < 1e-4)",
+                out["causal_no_pos_1_layer_context_shuffle"] < 1e-4,
+                max_difference=out["causal_no_pos_1_layer_context_shuffle"])
+    exp.finding("A 4-layer causal model without positions is NOT order-blind: the causal mask leaks order "
+                "through depth (every shuffle changes the prediction by > 1e-4)",
+                out["causal_no_pos_context_shuffle_min"] > 1e-4,
+                smallest_change=out["causal_no_pos_context_shuffle_min"])
     exp.finding("With RoPE, shuffling the context changes the prediction in every trial (> 1e-3)",
                 out["causal_rope_context_shuffle_min"] > 1e-3, smallest_change=out["causal_rope_context_shuffle_min"])
 
