@@ -15,10 +15,13 @@ from mmlab.lab.plots import figure
 from mmlab.model.rope import rope_inv_freq
 
 
-def distinct_positions(freq: float, n: int, dtype: torch.dtype) -> int:
-    """How many of positions 0..n-1 get a distinct (cos, sin) pair at this frequency and precision."""
+def distinct_positions(freq: float, n: int, dtype: torch.dtype, cos_only: bool = False) -> int:
+    """How many of positions 0..n-1 get a distinct (cos, sin) pair (or cos value) at this frequency
+    and precision."""
     p = torch.arange(n, dtype=torch.float64)
     angles = (p * freq).to(dtype)
+    if cos_only:
+        return len(set(angles.cos().tolist()))
     pairs = torch.stack([angles.cos(), angles.sin()], dim=1)
     return len({tuple(row) for row in pairs.tolist()})
 
@@ -41,9 +44,13 @@ def main(exp: Experiment) -> None:
     slow = float(rope_inv_freq(head_dim, 1e6)[0][-1])
     counts = {str(dtype).replace("torch.", ""): distinct_positions(slow, n, dtype)
               for dtype in (torch.float32, torch.float64)}
-    exp.metric("single_low_frequency", {"frequency": slow, "positions": n, "distinct": counts})
-    exp.table("single_frequency", ["precision", "positions", f"distinct (cos, sin) at frequency {slow:.3g}"],
-              [[k, n, v] for k, v in counts.items()])
+    cos_counts = {str(dtype).replace("torch.", ""): distinct_positions(slow, n, dtype, cos_only=True)
+                  for dtype in (torch.float32, torch.float64)}
+    exp.metric("single_low_frequency", {"frequency": slow, "positions": n, "distinct": counts,
+                                        "distinct_cos": cos_counts})
+    exp.table("single_frequency", ["precision", "positions", f"distinct (cos, sin) at frequency {slow:.3g}",
+                                   "distinct cos values"],
+              [[k, n, v, cos_counts[k]] for k, v in counts.items()])
     exp.finding("With theta 1e6, the slowest pair's wavelength is longer than MiniMind's 32768-token context",
                 max(w6) > 32768, longest=max(w6))
     exp.finding("A larger theta stretches the slowest wavelength: theta 1e4's longest is shorter than theta 1e6's",
@@ -51,6 +58,9 @@ def main(exp: Experiment) -> None:
                 longest_1e4=max(wavelengths[1e4]), longest_1e6=max(w6))
     exp.finding(f"A single low frequency in float32 cannot tell all {n} positions apart",
                 counts["float32"] < n, distinct_float32=counts["float32"], distinct_float64=counts["float64"])
+    exp.finding("Its cosine alone collapses in float32 (many positions share one cos value)",
+                cos_counts["float32"] < n, distinct_cos_float32=cos_counts["float32"],
+                distinct_cos_float64=cos_counts["float64"])
 
     fig, axes = figure()
     ax = axes[0][0]
