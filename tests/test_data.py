@@ -174,13 +174,15 @@ def test_token_cache_is_keyed_by_corpus_and_tokenizer(tmp_path):
     assert (cached.stat().st_mtime_ns, cached.stat().st_ino) == stamp
     assert np.array_equal(a, b) and len(list((tmp_path / "tokens").glob("*.bin"))) == 1
     # a damaged entry (truncated tokens, torn metadata) is detected and rebuilt, not trusted
+    expected = np.array(a)  # a copy: truncating a file that is still memory-mapped would fault on access
+    del a, b
     cached.write_bytes(cached.read_bytes()[:10])
-    assert np.array_equal(tokenize_corpus(corpus, tok, cache=tmp_path), a)
+    assert np.array_equal(tokenize_corpus(corpus, tok, cache=tmp_path), expected)
     next((tmp_path / "tokens").glob("*.json")).write_text("{")
-    assert np.array_equal(tokenize_corpus(corpus, tok, cache=tmp_path), a)
+    assert np.array_equal(tokenize_corpus(corpus, tok, cache=tmp_path), expected)
     eot = tok.token_to_id("<|endoftext|>")
-    assert int((np.asarray(a) == eot).sum()) == len(corpus.documents)  # one end-of-text per document
-    assert tok.decode(np.asarray(a[: len(corpus.documents[0])]).tolist()) == corpus.documents[0]
+    assert int((expected == eot).sum()) == len(corpus.documents)  # one end-of-text per document
+    assert tok.decode(expected[: len(corpus.documents[0])].tolist()) == corpus.documents[0]
     bpe = train_bpe(corpus.documents, 300)
     tokenize_corpus(corpus, bpe, cache=tmp_path)
     assert len(list((tmp_path / "tokens").glob("*.bin"))) == 2  # another tokenizer, another file
