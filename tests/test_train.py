@@ -282,16 +282,17 @@ def test_weight_decay_only_on_matrices():
 
 
 def test_bad_train_config_is_one_line():
-    with pytest.raises(MMLabError, match="dtype='fp16' is not one of: fp32, bf16"):
-        TrainConfig(dtype="fp16")
+    with pytest.raises(MMLabError, match="dtype='fp8' is not one of: fp32, bf16, fp16"):
+        TrainConfig(dtype="fp8")
     with pytest.raises(MMLabError, match="max_iters=0 must be a positive integer"):
         TrainConfig(max_iters=0)
 
 
-def test_bf16_autocast_trains_on_cpu(tmp_path):
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_low_precision_autocast_trains_on_cpu(tmp_path, dtype):
     x = torch.randint(0, 128, (16, 16))
     model = MiniMindLM(get_preset("nano"))
-    cfg = small_cfg(tmp_path / "bf16", max_iters=30, dtype="bf16", eval_interval=30)
+    cfg = small_cfg(tmp_path / dtype, max_iters=30, dtype=dtype, eval_interval=30)
     result = Trainer(model, NextTokenLoss(), ListBatches(x, x.roll(-1, dims=1)), cfg).fit()
     assert math.isfinite(result.final_train_loss) and result.final_train_loss < math.log(128)
     assert next(model.parameters()).dtype == torch.float32  # autocast: master weights stay fp32

@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["cosine", "constant", "wsd"])
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--grad-clip", type=float)
-    p.add_argument("--dtype", choices=["fp32", "bf16"])
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--device", help="auto | cpu | cuda | mps")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--eval-interval", type=_positive_int)

@@ -7,6 +7,7 @@ synthetic corpus (``synthetic-stories``), or a path to a ``.txt`` file (or ``.js
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,15 @@ class Corpus:
 
     def text(self, separator: str = "") -> str:
         return separator.join(self.documents)
+
+    def sha256(self) -> str:
+        """Identity of the corpus' content (documents and their boundaries): a cache key, and what
+        resume checks to refuse training on changed data."""
+        h = hashlib.sha256()
+        for doc in self.documents:
+            h.update(doc.encode("utf-8"))
+            h.update(b"\x00")
+        return h.hexdigest()
 
 
 def read_text(path: str | Path) -> str:

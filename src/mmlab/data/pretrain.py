@@ -10,7 +10,6 @@ The last ``val_fraction`` of the tokens is the validation split (as nanoGPT does
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -30,11 +29,7 @@ def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, cache: Path | None = N
     eot = tokenizer.token_to_id(ENDOFTEXT)
     if corpus.is_documents and eot is None:
         raise DataError(f"{corpus.source}: a document corpus needs a tokenizer with the {ENDOFTEXT} token")
-    text_hash = hashlib.sha256()
-    for doc in corpus.documents:
-        text_hash.update(doc.encode("utf-8"))
-        text_hash.update(b"\x00")
-    key = f"{text_hash.hexdigest()[:20]}-{fingerprint(tokenizer)[:20]}"
+    key = f"{corpus.sha256()[:20]}-{fingerprint(tokenizer)[:20]}"
     folder = (cache or cache_dir()) / "tokens"
     path, meta_path = folder / f"{key}.bin", folder / f"{key}.json"
     if path.is_file() and meta_path.is_file():

@@ -66,16 +66,6 @@ def clear_run(out: Path) -> None:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def corpus_fingerprint(corpus: Corpus) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for doc in corpus.documents:
-        h.update(doc.encode("utf-8"))
-        h.update(b"\x00")
-    return h.hexdigest()
-
-
 def build_tokenizer(spec: str, corpus: Corpus, vocab_size: int) -> Tokenizer:
     """``char``: the corpus' characters; ``bpe``: a byte-level BPE of ``vocab_size`` trained on the
     corpus; anything else: a path to a saved tokenizer."""
@@ -110,7 +100,7 @@ def prepare_run(
         data = data or saved_data
     data = data or "tinyshakespeare"
     corpus = load_corpus(data, seed=train_cfg.seed)
-    if saved_sha is not None and corpus_fingerprint(corpus) != saved_sha:
+    if saved_sha is not None and corpus.sha256() != saved_sha:
         raise MMLabError(f"the corpus {data!r} changed since {train_cfg.out_dir} was trained on it (different text, "
                          "or another --seed for a synthetic corpus); resuming would change the run")
     if resume:
@@ -127,7 +117,7 @@ def prepare_run(
     tokens = tokenize_corpus(corpus, tok)
     batches = PretrainBatches(PretrainData.from_tokens(tokens, train_cfg.val_fraction, block, corpus.source), block,
                               train_cfg.batch_size, train_cfg.eval_batches, data_name=data,
-                              corpus_sha256=corpus_fingerprint(corpus))
+                              corpus_sha256=corpus.sha256())
     torch.manual_seed(train_cfg.seed)
     return MiniMindLM(cfg), tok, batches
 

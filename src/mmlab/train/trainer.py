@@ -137,6 +137,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)  # data order: same on every rank
         self.history: list[dict[str, Any]] = []
         self.last_good_ckpt: Path | None = None
+        self._scaler_state: dict[str, Any] | None = None
         if resume:
             self._resume()
         self.forward_model: torch.nn.Module = self.model
@@ -144,7 +145,13 @@ class Trainer:
             self.forward_model = torch.compile(self.forward_model)
         if self.dist.enabled:
             self.forward_model = dist.wrap(self.forward_model, self.device)
-        self.amp_dtype = torch.bfloat16 if cfg.dtype == "bf16" else None
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.dtype)
+        # fp16 has a narrow range: scale the loss so small gradients do not flush to zero, and skip
+        # steps whose gradients overflowed (bf16 has fp32's range and needs none of this)
+        fp16 = cfg.dtype == "fp16"
+        self.scaler = torch.amp.GradScaler(self.device.type if fp16 else "cpu", enabled=fp16)
+        if self._scaler_state is not None:
+            self.scaler.load_state_dict(self._scaler_state)
 
     # ---- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -156,6 +163,7 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                     "python": random.getstate(), "numpy": np.random.get_state()},
             "extra": self.extra_state,
+            "grad_scaler": self.scaler.state_dict(),
         }
 
     def _resume(self) -> None:
@@ -177,6 +185,7 @@ class Trainer:
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         self.extra_state = state.get("extra", {})
+        self._scaler_state = state.get("grad_scaler") or None
         self.last_good_ckpt = self.ckpt_path
         # metrics after the checkpoint belong to the lost part of the run: drop them
         if self.dist.is_main and self.metrics_path.is_file():
@@ -221,20 +230,23 @@ class Trainer:
                 loss_sum, _, _ = self.objective(self.forward_model, batch)
                 # DDP averages gradients over ranks, so scale by world / global tokens
                 loss = loss_sum * (world / global_tokens)
-            loss.backward()
+            self.scaler.scale(loss).backward()
             loss_total += loss_sum.detach()
         grad_norm = float("nan")
+        self.scaler.unscale_(self.optimizer)  # true gradients before clipping (a no-op unless fp16)
         if cfg.grad_clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
         loss_value = self.dist.all_reduce_sum(float(loss_total)) / global_tokens
-        if not math.isfinite(loss_value) or (cfg.grad_clip > 0 and not math.isfinite(grad_norm)):
+        overflow_ok = self.scaler.is_enabled()  # fp16: an overflowed step is skipped, not fatal
+        if not math.isfinite(loss_value) or (cfg.grad_clip > 0 and not math.isfinite(grad_norm) and not overflow_ok):
             where = self.last_good_ckpt or "none saved yet"
             raise TrainingDiverged(
                 f"training diverged at step {self.step}: loss {loss_value}, gradient norm {grad_norm}; "
                 f"the last good checkpoint is {where} (try a lower --lr or more warmup)",
                 step=self.step,
             )
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # plain optimizer.step() unless fp16 (then skipped on overflow)
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, grad_norm, global_tokens
 
