@@ -355,8 +355,9 @@ def test_resume_edge_cases_are_clear_and_safe(tmp_path, run_env):
         f.write('{"step": 25, "loss": 3.1')
     at_end = cli("--out", str(run), "--resume")
     assert at_end.returncode == 1 and "already at step 20; pass --max-iters larger" in at_end.stderr
-    extended = cli("--out", str(run), "--resume", "--max-iters", "30")
+    extended = cli("--out", str(run), "--resume", "--max-iters", "30", "--preset", "minimind-26m")
     assert extended.returncode == 0, extended.stderr
+    assert "--preset, --config and --tokenizer are ignored with --resume" in extended.stderr
     saved = json.loads((run / "train_config.json").read_text())
     assert saved["max_iters"] == 30 and saved["lr_decay_iters"] == 20  # the schedule does not restart
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

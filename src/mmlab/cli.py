@@ -118,7 +118,10 @@ def _cmd_train_pretrain(args: argparse.Namespace) -> int:
     from mmlab.train import distributed
     from mmlab.train.pretrain import pretrain
 
-    model_cfg = ModelConfig.from_json(args.config) if args.config else args.preset
+    if args.resume and (args.preset or args.config or args.tokenizer != "auto"):
+        print("note: --preset, --config and --tokenizer are ignored with --resume: the run continues with its "
+              "own model and tokenizer", file=sys.stderr)
+    model_cfg = ModelConfig.from_json(args.config) if args.config else (args.preset or "shakespeare-char")
     try:
         result = pretrain(model_cfg, args.data, _train_config(args), tokenizer=args.tokenizer, resume=args.resume,
                           overwrite=args.overwrite)
@@ -264,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = train_sub.add_parser("pretrain", help="pretrain from scratch on a corpus",
                              description="Pretrain a model from scratch on a text corpus (next-token prediction).")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--preset", default="shakespeare-char", help="model preset (default: shakespeare-char)")
+    source.add_argument("--preset", default=None, help="model preset (default: shakespeare-char)")
     source.add_argument("--config", help="a ModelConfig JSON file instead of a preset")
     p.add_argument("--data", default=None,
                    help="a dataset name (`mmlab data list`), synthetic-stories, or a .txt/.jsonl path "
