@@ -5,6 +5,7 @@ sample. With no mirror, cache or network it trains on the built-in synthetic sto
 
 from __future__ import annotations
 
+import math
 import sys
 
 from mmlab.data.registry import DataError, dataset_path
@@ -45,7 +46,8 @@ def quickstart(
         train["eval_interval"] = min(train["eval_interval"], max_iters)
     cfg = TrainConfig(out_dir=out, compile=compile_model, **train)
     print(f"training {RECIPE['preset']} on {data}: {cfg.max_iters} steps of {cfg.batch_size} x {cfg.block_size} "
-          "tokens; a model that guesses uniformly over V tokens scores ln(V), e.g. 4.17 for 65 characters",
+          f"tokens; a model that guesses uniformly over V tokens scores ln(V), e.g. {math.log(65):.2f} for 65 "
+          "characters",
           file=sys.stderr)
     try:
         result = pretrain(RECIPE["preset"], data, cfg, overwrite=overwrite)

@@ -44,6 +44,13 @@ def batches(block_size: int, batch_size: int, eval_batches: int) -> PretrainBatc
     return PretrainBatches(data, block_size, batch_size, eval_batches, data_name="tinyshakespeare")
 
 
+def block_grad_norms(model: MiniMindLM, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """One backward pass of the LM loss; the gradient norm of each block's parameters, first to last."""
+    model.zero_grad(set_to_none=True)
+    model(x, targets=y).loss.backward()
+    return [torch.sqrt(sum(p.grad.pow(2).sum() for p in b.parameters())).item() for b in model.blocks]
+
+
 def train_lm(
     cfg: ModelConfig,
     steps: int,

@@ -50,7 +50,10 @@ def load_result(ref: str, markdown: Path, modules: Path | None) -> tuple[dict[st
         candidates.append(modules.joinpath(*lesson) / "results" / f"{name}.json")
     for path in candidates:
         if path.is_file():
-            return json.loads(path.read_text()), path
+            try:
+                return json.loads(path.read_text()), path
+            except json.JSONDecodeError as e:
+                raise MMLabError(f"{path}:{e.lineno}: invalid results JSON ({e.msg}); re-run the experiment") from None
     raise MMLabError(f"{markdown}: result block {ref!r} has no results JSON (looked in {candidates[0]})")
 
 

@@ -92,10 +92,6 @@ class Experiment:
         self.seed_everything(seed)
 
     # ---- helpers for the script -------------------------------------------------------------
-    @property
-    def quick(self) -> bool:
-        return self.mode != "full"
-
     def pick(self, full: Any, quick: Any, smoke: Any | None = None) -> Any:
         """The value for this mode (smoke falls back to quick when not given)."""
         if self.mode == "full":

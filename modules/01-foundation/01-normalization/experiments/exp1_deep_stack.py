@@ -13,7 +13,7 @@ The reference tutorial claims the activation std falls "from 1.0 to 0.016" witho
 import torch
 
 from mmlab.lab import Experiment
-from mmlab.lab.lm import batches, shakespeare_config
+from mmlab.lab.lm import batches, block_grad_norms, shakespeare_config
 from mmlab.lab.plots import figure
 from mmlab.model import MiniMindLM
 
@@ -35,12 +35,10 @@ def measure(cfg, x, y):
     stds = []
     hooks = [b.register_forward_hook(lambda m, i, o: stds.append(o[0].detach().std().item())) for b in model.blocks]
     emb_std = model.tok_emb(x).std().item()
-    loss = model(x, targets=y).loss
-    loss.backward()
+    grads = block_grad_norms(model, x, y)
     for h in hooks:
         h.remove()
-    grads = [torch.sqrt(sum(p.grad.pow(2).sum() for p in b.parameters())).item() for b in model.blocks]
-    return {"embedding_std": emb_std, "activation_std": stds, "grad_norm": grads, "loss": loss.item()}
+    return {"embedding_std": emb_std, "activation_std": stds, "grad_norm": grads}
 
 
 def main(exp: Experiment) -> None:

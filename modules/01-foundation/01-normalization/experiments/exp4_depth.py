@@ -9,7 +9,7 @@ sub-layer, so the gradient reaching early blocks passes through every norm on th
 import torch
 
 from mmlab.lab import Experiment
-from mmlab.lab.lm import batches, shakespeare_config, train_lm
+from mmlab.lab.lm import batches, block_grad_norms, shakespeare_config, train_lm
 from mmlab.lab.plots import figure
 from mmlab.model import MiniMindLM
 
@@ -18,8 +18,7 @@ def grad_norms_at_init(cfg, seed: int) -> list[float]:
     torch.manual_seed(seed)
     model = MiniMindLM(cfg)
     x, y = batches(64, 12, 1).sample("train", 12, torch.Generator().manual_seed(seed))
-    model(x, targets=y).loss.backward()
-    return [torch.sqrt(sum(p.grad.pow(2).sum() for p in b.parameters())).item() for b in model.blocks]
+    return block_grad_norms(model, x, y)
 
 
 def main(exp: Experiment) -> None:
