@@ -16,7 +16,9 @@ SWITCHES = {
     "norm": ["rmsnorm", "layernorm", "none"],
     "norm_position": ["pre", "post"],
     "pos_encoding": ["rope", "learned", "sinusoidal", "alibi", "none"],
-    "ffn_act": ["swiglu", "gelu", "relu", "relu2"],
+    "ffn_act": ["swiglu", "gelu", "relu", "relu2", "linear"],
+    "use_attn": [False],
+    "use_ffn": [False],
 }
 
 
@@ -194,3 +196,28 @@ def test_a_tiny_model_learns_a_pattern(preset):
         loss.backward()
         opt.step()
     assert first > 4.0 and loss.item() < 0.5
+
+
+def test_removed_sublayers_take_no_parameters_and_cached_decoding_still_matches(nano):
+    full = MiniMindLM(nano).num_params()
+    for changes, gone in [({"use_ffn": False}, ("ffn.", "ffn_norm")), ({"use_attn": False}, ("attn.", "attn_norm"))]:
+        model = MiniMindLM(nano.replace(**changes)).eval()
+        names = [n for n, _ in model.named_parameters()]
+        assert not [n for n in names if any(g in n for g in gone)]
+        assert model.num_params() < full
+        idx = torch.randint(0, nano.vocab_size, (1, 12))
+        cache = model.new_cache()
+        step_logits = [model(idx[:, :8], cache=cache).logits[:, -1]]
+        for t in range(8, 12):
+            step_logits.append(model(idx[:, t:t + 1], cache=cache).logits[:, -1])
+        torch.testing.assert_close(torch.stack(step_logits, 1), model(idx).logits[:, 7:], atol=1e-5, rtol=1e-4)
+
+
+def test_linear_ffn_is_one_matrix_of_rank_at_most_hidden_size(nano):
+    """Without a non-linearity, expand-then-compress collapses to a single C x C matrix."""
+    model = MiniMindLM(nano.replace(ffn_act="linear"))
+    ffn = model.blocks[0].ffn
+    x = torch.randn(3, 5, nano.hidden_size)
+    merged = ffn.down_proj.weight @ ffn.up_proj.weight  # (C, C)
+    torch.testing.assert_close(ffn(x), x @ merged.T, atol=1e-6, rtol=1e-5)
+    assert torch.linalg.matrix_rank(merged) <= nano.hidden_size < ffn.up_proj.weight.shape[0]

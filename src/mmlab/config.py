@@ -25,7 +25,7 @@ NORMS = ("rmsnorm", "layernorm", "none")
 NORM_POSITIONS = ("pre", "post")
 POS_ENCODINGS = ("rope", "learned", "sinusoidal", "alibi", "none")
 ATTN_IMPLS = ("sdpa", "explicit")
-FFN_ACTS = ("swiglu", "gelu", "relu", "relu2")
+FFN_ACTS = ("swiglu", "gelu", "relu", "relu2", "linear")  # linear: no non-linearity (an ablation)
 GATED_ACTS = ("swiglu",)
 ROPE_SCALINGS = ("linear", "ntk", "yarn")
 
@@ -97,6 +97,8 @@ class ModelConfig:
     ffn_mult: float | None = None
     ffn_multiple_of: int = 64
     # block and model
+    use_attn: bool = True  # False drops every attention sub-layer (and its norm): an FFN-only model
+    use_ffn: bool = True  # False drops every FFN sub-layer (and its norm): an attention-only model
     residual: bool = True
     tie_embeddings: bool = True
     dropout: float = 0.0

@@ -101,18 +101,27 @@ class Attention(nn.Module):
         return self.resid_dropout(self.o_proj(out)), weights
 
 
+# torch >= 2.5 lets SDPA read grouped K/V directly; repeat_kv would copy them n_rep times first
+# (measured: GQA decoding with a 1024-token cache ~4x slower per attention call on CPU).
+_SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
 def _sdpa(q, k, v, bias, causal, dropout_p, n_rep):
     Tq, Tk = q.shape[2], k.shape[2]
+    gqa = {}
     if n_rep > 1:
-        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+        if _SDPA_GQA:
+            gqa = {"enable_gqa": True}
+        else:
+            k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     if bias is None and (not causal or Tq == Tk or Tq == 1):
         # fast path: no mask tensor. Square causal -> the kernel builds the mask itself; a single
         # query at the newest position may see every cached key.
         is_causal = causal and Tq == Tk and Tq > 1
-        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, dropout_p=dropout_p, **gqa)
     mask = bias
     if causal:  # decoding with a cache: queries are the last Tq of Tk positions
         allowed = causal_mask(Tq, Tk, q.device)
         neg_inf = torch.zeros(Tq, Tk, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
         mask = neg_inf if mask is None else mask.to(q.dtype) + neg_inf
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), dropout_p=dropout_p, **gqa)

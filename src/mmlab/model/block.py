@@ -26,10 +26,14 @@ class Block(nn.Module):
         super().__init__()
         self.pre_norm = cfg.norm_position == "pre"
         self.residual = cfg.residual
-        self.attn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
-        self.attn = Attention(cfg, layer_idx)
-        self.ffn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
-        self.ffn = make_ffn(cfg)
+        # A removed sub-layer (use_attn / use_ffn = False) takes its norm with it: the block is then
+        # one sub-layer, and an attention-only or FFN-only model has no unused parameters.
+        if cfg.use_attn:
+            self.attn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
+            self.attn = Attention(cfg, layer_idx)
+        if cfg.use_ffn:
+            self.ffn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
+            self.ffn = make_ffn(cfg)
 
     def forward(
         self,
@@ -39,14 +43,18 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.pre_norm:
-            h, weights = self.attn(self.attn_norm(x), rope, bias, cache, need_weights)
-            x = x + h if self.residual else h
-            h = self.ffn(self.ffn_norm(x))
-            x = x + h if self.residual else h
-        else:
-            h, weights = self.attn(x, rope, bias, cache, need_weights)
-            x = self.attn_norm(x + h if self.residual else h)
-            h = self.ffn(x)
-            x = self.ffn_norm(x + h if self.residual else h)
+        weights = None
+        if hasattr(self, "attn"):
+            if self.pre_norm:
+                h, weights = self.attn(self.attn_norm(x), rope, bias, cache, need_weights)
+                x = x + h if self.residual else h
+            else:
+                h, weights = self.attn(x, rope, bias, cache, need_weights)
+                x = self.attn_norm(x + h if self.residual else h)
+        if hasattr(self, "ffn"):
+            if self.pre_norm:
+                h = self.ffn(self.ffn_norm(x))
+                x = x + h if self.residual else h
+            else:
+                x = self.ffn_norm(x + self.ffn(x) if self.residual else self.ffn(x))
         return x, weights

@@ -4,6 +4,8 @@ SwiGLU (Shazeer 2020; Llama, MiniMind) gates one expansion with SiLU of another:
     down(silu(gate(x)) * up(x))       three matrices, hidden size ~8/3 * C
 The classic two-matrix FFN:
     down(act(up(x)))                  act in {GELU (GPT-2), ReLU (the original Transformer), ReLU^2}
+and, as an ablation, ``linear`` (no activation): then down(up(x)) is a single matrix of rank <= C,
+however wide the hidden layer.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def relu2(x: torch.Tensor) -> torch.Tensor:
     return F.relu(x).square()
 
 
-ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "relu2": relu2}
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "relu2": relu2, "linear": nn.Identity()}
 
 
 class MLP(nn.Module):
