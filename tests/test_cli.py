@@ -64,6 +64,10 @@ def test_model_summary_from_a_config_file(tmp_path, capsys):
         (["model", "summary", "--config", "missing.json"], 1, "config file not found: missing.json"),
         (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
         ([], 2, "required: COMMAND"),
+        (["train", "pretrain", "--out", "unused", "--set", "n_kv_heads"], 1, "expected FIELD=VALUE"),
+        (["train", "pretrain", "--out", "unused", "--set", "bogus=1"], 1, "unknown ModelConfig field(s): bogus"),
+        (["train", "pretrain", "--out", "unused", "--set", "n_kv_heads=3"], 1, "not divisible by n_kv_heads=3"),
+        (["train", "pretrain", "--out", "unused", "--set", "causal=maybe"], 1, "causal"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, code, fragment):

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from mmlab.config import get_preset
 from mmlab.errors import MMLabError
 from mmlab.model import MiniMindLM
+from mmlab.quickstart import QUICK_EXPERIMENTS
 from mmlab.train import NextTokenLoss, TrainConfig, Trainer, TrainingDiverged
 from mmlab.train.checkpoint import CheckpointError, load_model, load_weights, save_checkpoint
 from mmlab.train.optim import lr_at, param_groups
@@ -327,6 +328,24 @@ def test_quickstart_offline_without_mirror_uses_the_synthetic_corpus(tmp_path):
     assert len(notices) == 1 and "synthetic-stories" in notices[0] and "MMLAB_DATA_MIRROR" in notices[0]
     assert "final val loss" in out.stdout and "sample" in out.stdout
     assert (tmp_path / "qs" / "loss.png").is_file()
+    # then the quick-start experiments, each with its plot (offline, those that read TinyShakespeare are skipped)
+    assert "FAILED" not in out.stdout, out.stdout[-2000:]
+    for _, experiment_id, needs_text in QUICK_EXPERIMENTS:
+        stem = experiment_id.split("/")[1]
+        if needs_text:
+            assert f"{experiment_id} skipped: it reads TinyShakespeare" in out.stdout
+            continue
+        assert f"{experiment_id} (" in out.stdout
+        result = json.loads((tmp_path / "qs" / "experiments" / f"{stem}.json").read_text())
+        assert result["mode"] == "quick"
+        assert all((tmp_path / "qs" / "experiments" / name).is_file() for name in result["figures"])
+    # --overwrite replaces the run and its experiment outputs, but refuses a folder with a user's file in it
+    (tmp_path / "qs" / "experiments" / "notes.txt").write_text("mine")
+    again = subprocess.run([sys.executable, "-m", "mmlab.cli", "quickstart", "--out", str(tmp_path / "qs"),
+                            "--max-iters", "5", "--overwrite", "--no-experiments"], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 1 and "notes.txt" in again.stderr
+    assert (tmp_path / "qs" / "experiments" / "notes.txt").read_text() == "mine"
 
 
 def test_torch_compile_trains_and_saves_plain_names(tmp_path):
@@ -366,6 +385,16 @@ def test_resume_edge_cases_are_clear_and_safe(tmp_path, run_env):
     (run / "ckpt" / "trainer_state.pt").write_bytes(b"not a pickle")
     broken = cli("--out", str(run), "--resume", "--max-iters", "40")
     assert broken.returncode == 1 and "cannot read trainer state" in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_set_changes_model_fields_from_the_command_line(tmp_path, run_env):
+    env, config = run_env
+    run = tmp_path / "run"
+    done = subprocess.run(_train_cmd(run, config, "--max-iters", "2", "--set", "use_ffn=false", "--set",
+                                     "n_kv_heads=1"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    saved = load_model(run).cfg
+    assert saved.use_ffn is False and saved.n_kv_heads == 1
 
 
 def test_overwrite_deletes_only_a_runs_own_files(tmp_path, run_env):

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from mmlab import __version__
 from mmlab.errors import MMLabError
@@ -113,6 +114,22 @@ def _train_config(args: argparse.Namespace):
     return TrainConfig(out_dir=args.out, **given)
 
 
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set n_kv_heads=1 --set causal=false`` -> {"n_kv_heads": 1, "causal": False}: values are JSON
+    (numbers, true/false, null), anything else is a string."""
+    changes: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise MMLabError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set n_kv_heads=1")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        changes[key.strip()] = value
+    return changes
+
+
 def _cmd_train_pretrain(args: argparse.Namespace) -> int:
     from mmlab.config import ModelConfig
     from mmlab.train import distributed
@@ -122,6 +139,13 @@ def _cmd_train_pretrain(args: argparse.Namespace) -> int:
         print("note: --preset, --config and --tokenizer are ignored with --resume: the run continues with its "
               "own model and tokenizer", file=sys.stderr)
     model_cfg = ModelConfig.from_json(args.config) if args.config else (args.preset or "shakespeare-char")
+    if args.set:
+        if args.resume:
+            raise MMLabError("--set changes the model, which a resumed run cannot do: start a new run with --out")
+        from mmlab.config import get_preset
+
+        base = model_cfg if isinstance(model_cfg, ModelConfig) else get_preset(model_cfg)
+        model_cfg = base.replace(**_parse_set(args.set))
     try:
         result = pretrain(model_cfg, args.data, _train_config(args), tokenizer=args.tokenizer, resume=args.resume,
                           overwrite=args.overwrite)
@@ -149,7 +173,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from mmlab.quickstart import quickstart
 
-    quickstart(out=args.out, max_iters=args.max_iters, overwrite=args.overwrite, compile_model=args.compile)
+    quickstart(out=args.out, max_iters=args.max_iters, overwrite=args.overwrite, compile_model=args.compile,
+               experiments=not args.no_experiments)
     return 0
 
 
@@ -272,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="a dataset name (`mmlab data list`), synthetic-stories, or a .txt/.jsonl path "
                         "(default: tinyshakespeare; on --resume, the run's own)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change one ModelConfig field of the preset or config, e.g. --set n_kv_heads=1 "
+                        "--set ffn_act=relu2 (repeatable; values are JSON: 1, 0.5, true, null; else a string)")
     p.add_argument("--tokenizer", default="auto",
                    help="char | bpe | a saved tokenizer folder (default: char for small vocabularies, else bpe)")
     p.add_argument("--out", required=True, help="run folder: checkpoint, metrics.jsonl, loss.png")
@@ -337,12 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help="train a tiny Shakespeare model in about two minutes, then sample",
                        description="Train the shakespeare-char preset on TinyShakespeare (the synthetic corpus "
-                                   "when it is unreachable), show the loss falling, save the plot, print a sample.")
+                                   "when it is unreachable), show the loss falling, save the plot, print a sample; "
+                                   "then run the quick-start experiments (normalization, RoPE, attention) in "
+                                   "quick mode and print where their plots are.")
     p.add_argument("--out", default="runs/quickstart", help="run folder (default: runs/quickstart)")
     p.add_argument("--max-iters", type=_positive_int, default=None, help="optimizer steps (default: the recipe's)")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out first")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model: faster steps after a one-time compilation (needs a C++ compiler)")
+    p.add_argument("--no-experiments", action="store_true", help="skip the quick-start experiments after training")
     p.set_defaults(func=_cmd_quickstart)
     return parser
 

@@ -1,12 +1,18 @@
 """`mmlab quickstart`: the first thing a newcomer runs. Trains the ``shakespeare-char`` preset on
 TinyShakespeare on a CPU in about two minutes, shows the loss falling, saves the plot and prints a
 sample. With no mirror, cache or network it trains on the built-in synthetic story corpus instead
-(and says so in one line)."""
+(and says so in one line). Then it runs the three experiments of the "30-minute quick start" in
+quick mode (normalization, RoPE, attention by hand) and prints where their plots are."""
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 from mmlab.data.registry import DataError, dataset_path
 from mmlab.errors import MMLabError
@@ -22,6 +28,61 @@ RECIPE = {
 }
 
 
+# The "30-minute quick start" path: one experiment per idea, each a few seconds in --quick mode.
+# (topic, experiment, whether it reads TinyShakespeare)
+QUICK_EXPERIMENTS = (
+    ("normalization", "01-normalization/exp1_deep_stack", True),
+    ("RoPE", "02-position-encoding/exp3_rope_relative", False),
+    ("attention", "03-attention/exp1_attention_by_hand", False),
+)
+
+
+def run_quick_experiments(out_dir: Path, have_text: bool = True) -> int:
+    """Run the quick-start experiments (``--quick``) into ``out_dir``; report findings and plots.
+    Returns the number that failed."""
+    from mmlab.lab.registry import find, modules_root
+
+    try:
+        root = modules_root()
+    except MMLabError as e:
+        print(f"\nnote: skipping the quick-start experiments: {e}", file=sys.stderr)
+        return 0
+    print(f"\nthe 30-minute quick start, in quick mode (results and plots in {out_dir}):")
+    failed = 0
+    for topic, experiment_id, needs_text in QUICK_EXPERIMENTS:
+        if needs_text and not have_text:
+            print(f"  {topic:<14} {experiment_id} skipped: it reads TinyShakespeare, which is unavailable")
+            continue
+        script = find(experiment_id, root)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, str(script.path), "--quick", "--out", str(out_dir)],
+                              capture_output=True, text=True, timeout=600)
+        took = time.perf_counter() - t0
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"  {topic:<14} {experiment_id} FAILED after {took:.0f} s: {last}")
+            failed += 1
+            continue
+        result = json.loads((out_dir / f"{script.path.stem}.json").read_text())
+        holds = sum(f["holds"] for f in result["findings"])
+        plots = ", ".join(str(out_dir / name) for name in result["figures"]) or "none"
+        print(f"  {topic:<14} {experiment_id} ({took:.0f} s): {holds}/{len(result['findings'])} findings hold; "
+              f"plot: {plots}")
+    print("  read why in modules/01-foundation/*/teaching.md; run the full versions with `mmlab exp run ID`")
+    return failed
+
+
+def _clear_experiments(folder: Path) -> None:
+    """--overwrite: remove the quick-start experiment outputs (and nothing a user put there)."""
+    if not folder.is_dir():
+        return
+    foreign = [p.name for p in folder.iterdir() if not (p.name.startswith("exp") and p.suffix in (".json", ".png"))]
+    if foreign:
+        raise MMLabError(f"refusing to overwrite {folder}: it holds files the quickstart did not write "
+                         f"({', '.join(foreign[:5])})")
+    shutil.rmtree(folder)
+
+
 def choose_data() -> str:
     try:
         dataset_path("tinyshakespeare")
@@ -34,7 +95,11 @@ def choose_data() -> str:
 
 
 def quickstart(
-    out: str = "runs/quickstart", max_iters: int | None = None, overwrite: bool = False, compile_model: bool = False
+    out: str = "runs/quickstart",
+    max_iters: int | None = None,
+    overwrite: bool = False,
+    compile_model: bool = False,
+    experiments: bool = True,
 ) -> None:
     from mmlab.infer.sample import sample_text
     from mmlab.train.pretrain import pretrain
@@ -49,7 +114,10 @@ def quickstart(
           f"tokens; a model that guesses uniformly over V tokens scores ln(V), e.g. {math.log(65):.2f} for 65 "
           "characters",
           file=sys.stderr)
+    experiments_dir = Path(out) / "experiments"
     try:
+        if overwrite:
+            _clear_experiments(experiments_dir)
         result = pretrain(RECIPE["preset"], data, cfg, overwrite=overwrite)
     except MMLabError as e:
         if "already holds a run" in str(e):
@@ -64,3 +132,7 @@ def quickstart(
     for piece in sample_text(str(result.out_dir), prompt, max_new_tokens=300, temperature=0.8, seed=0):
         print(piece, end="", flush=True)
     print(f"\n\nsample more: mmlab sample --ckpt {result.out_dir} --prompt \"{prompt}\"")
+    if experiments:
+        failed = run_quick_experiments(experiments_dir, have_text=data == "tinyshakespeare")
+        if failed:
+            raise MMLabError(f"{failed} quick-start experiment(s) failed (see above)")

@@ -44,6 +44,29 @@ def batches(block_size: int, batch_size: int, eval_batches: int) -> PretrainBatc
     return PretrainBatches(data, block_size, batch_size, eval_batches, data_name="tinyshakespeare")
 
 
+class TensorBatches:
+    """A BatchSource over fixed (inputs, targets) tensors per split: synthetic tasks in experiments.
+    Targets may hold IGNORE_INDEX where nothing is to be predicted."""
+
+    def __init__(self, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], eval_batch_size: int = 64):
+        self.splits = splits
+        self._eval = {
+            name: [(x[i:i + eval_batch_size], y[i:i + eval_batch_size]) for i in range(0, len(x), eval_batch_size)]
+            for name, (x, y) in splits.items()
+        }
+
+    def sample(self, split: str, rows: int, generator: torch.Generator):
+        x, y = self.splits[split]
+        i = torch.randint(len(x), (rows,), generator=generator)
+        return x[i], y[i]
+
+    def slice_rows(self, batch, start: int, stop: int):
+        return tuple(t[start:stop] for t in batch)
+
+    def eval_batches(self, split: str):
+        return self._eval.get(split, [])
+
+
 def block_grad_norms(model: MiniMindLM, x: torch.Tensor, y: torch.Tensor) -> list[float]:
     """One backward pass of the LM loss; the gradient norm of each block's parameters, first to last."""
     model.zero_grad(set_to_none=True)
@@ -64,9 +87,11 @@ def train_lm(
     dtype: str = "fp32",
     device: str = "cpu",
     grad_clip: float = 1.0,
+    source: Any = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` for ``steps`` and report losses. A run *diverges* when its loss or gradient
-    becomes NaN/inf (the loop stops there) or when it ends no better than a uniform guess."""
+    becomes NaN/inf (the loop stops there) or when it ends no better than a uniform guess.
+    ``source``: a BatchSource other than TinyShakespeare (e.g. ``TensorBatches`` of a synthetic task)."""
     block = block_size or cfg.max_seq_len
     warmup = min(100, steps // 10) if warmup is None else warmup
     with tempfile.TemporaryDirectory() as out:
@@ -77,7 +102,8 @@ def train_lm(
                            save_checkpoints=False, plot=False)
         torch.manual_seed(seed)
         model = MiniMindLM(cfg)
-        trainer = Trainer(model, NextTokenLoss(), batches(block, batch_size, eval_batches), tcfg)
+        source = source if source is not None else batches(block, batch_size, eval_batches)
+        trainer = Trainer(model, NextTokenLoss(), source, tcfg)
         diverged_at = None
         try:
             result = trainer.fit()
