@@ -102,7 +102,7 @@ class Attention(nn.Module):
 
 
 # torch >= 2.5 lets SDPA read grouped K/V directly; repeat_kv would copy them n_rep times first
-# (measured: GQA decoding with a 1024-token cache ~4x slower per attention call on CPU).
+# (modules/01-foundation/03-attention exp5_gqa measures the difference on whole decode steps).
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 

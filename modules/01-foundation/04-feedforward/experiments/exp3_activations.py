@@ -46,7 +46,7 @@ def main(exp: Experiment) -> None:
             exp.log(f"{act} seed {exp.seed + s}: val {r['final_val_loss']:.4f}")
         losses = [r["final_val_loss"] for r in runs[act]["seeds"].values()]
         runs[act]["mean_val_loss"] = statistics.mean(losses)
-        runs[act]["spread"] = max(losses) - min(losses)
+        runs[act]["spread"] = max(losses) - min(losses) if len(losses) > 1 else None  # one seed: no spread
         runs[act]["tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in runs[act]["seeds"].values())
     exp.metric("runs", runs)
     ranked = sorted(SIZES, key=lambda a: runs[a]["mean_val_loss"])
@@ -84,13 +84,20 @@ def main(exp: Experiment) -> None:
         linear=m["linear"],
         worst_nonlinear=max(m[a] for a in SIZES if a != "linear"),
     )
-    noise = max(runs[a]["spread"] for a in SIZES if a != "linear")
+    noise = max((runs[a]["spread"] or 0.0) for a in SIZES if a != "linear")
     exp.finding("SwiGLU ends lower than ReLU^2 here", m["swiglu"] < m["relu2"], swiglu=m["swiglu"], relu2=m["relu2"])
     exp.finding(
         "...by more than the spread between seeds (a gap larger than the noise we measured)",
         abs(m["swiglu"] - m["relu2"]) > noise,
         gap=abs(m["swiglu"] - m["relu2"]),
         seed_spread=noise,
+    )
+    per_seed = [runs["swiglu"]["seeds"][k]["final_val_loss"] < runs["relu2"]["seeds"][k]["final_val_loss"]
+                for k in runs["swiglu"]["seeds"]]
+    exp.finding(
+        "SwiGLU is ahead of ReLU^2 in every seed (same seed = same init and data order)",
+        all(per_seed),
+        seeds=len(per_seed),
     )
     exp.finding("The best activation is SwiGLU", ranked[0] == "swiglu", best=ranked[0])
 
