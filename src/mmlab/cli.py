@@ -208,6 +208,14 @@ def _cmd_exp_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_exercise_check_block(args: argparse.Namespace) -> int:
+    from mmlab.lab.exercise import check_block_file, format_checks
+
+    checks = check_block_file(args.file)
+    print(format_checks(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def _cmd_lab_render(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -355,6 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--quick", action="store_true", help="small budget (<= 60 s each)")
     mode.add_argument("--smoke", action="store_true", help="a few steps each (tests)")
     p.set_defaults(func=_cmd_exp_run)
+
+    ex = sub.add_parser("exercise", help="check your solution of a lesson exercise",
+                        description="Check a learner's code against the library's own implementation.")
+    ex_sub = ex.add_subparsers(dest="exercise_command", metavar="EXERCISE", required=True)
+    p = ex_sub.add_parser("check-block", help="compare your MyBlock with mmlab's transformer block",
+                          description="Load mmlab's Block weights into the MyBlock class of FILE and compare the "
+                                      "norm, attention, FFN, the whole block, gradients and causality "
+                                      "(modules/02-architecture/02-transformer-block/exercise/).")
+    p.add_argument("file", help="a Python file defining MyBlock(cfg) with forward(x, rope)")
+    p.set_defaults(func=_cmd_exercise_check_block)
 
     lab = sub.add_parser("lab", help="docs result blocks", description="Maintain the docs' result blocks.")
     lab_sub = lab.add_subparsers(dest="lab_command", metavar="SUBCOMMAND", required=True)
