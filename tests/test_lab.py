@@ -13,7 +13,7 @@ import pytest
 
 from mmlab.lab import Experiment
 from mmlab.lab.registry import discover
-from mmlab.lab.render import BLOCK, render_text
+from mmlab.lab.render import BLOCK, fmt, render_text
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ROOT / "modules"
@@ -160,3 +160,8 @@ def test_exp_cli_lists_and_rejects_unknown(capsys):
     assert "01-normalization/exp1_deep_stack" in capsys.readouterr().out
     assert main(["exp", "run", "no_such_experiment"]) == 1
     assert main(["lab", "render", "--check"]) == 0
+
+
+def test_table_cells_are_formatted_for_reading():
+    assert [fmt(v) for v in (861440, 4096, 1.8604941, 12345.6, 0.00025, True, None, "a|b", float("nan"))] == [
+        "861,440", "4096", "1.86", "12,346", "0.00025", "yes", "—", "a\\|b", "nan"]

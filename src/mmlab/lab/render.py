@@ -27,9 +27,12 @@ BLOCK = re.compile(
 
 
 def fmt(value: Any) -> str:
-    """A table cell: 4 significant digits, thousands separators for large numbers, pipes escaped."""
+    """A table cell: 4 significant digits, thousands separators for numbers from 10,000 (floats from 1,000),
+    pipes escaped."""
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:,}"  # parameter counts, bytes
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             return str(value)
