@@ -73,11 +73,9 @@ class NextTokenLoss:
         n = self.count_tokens(batch)
         loss_sum = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1),
                                    ignore_index=IGNORE_INDEX, reduction="sum")
-        extra = {}
         if out.aux_loss is not None and model.training:
-            extra["aux_loss"] = float(out.aux_loss)
             loss_sum = loss_sum + out.aux_loss.float() * n
-        return loss_sum, n, extra
+        return loss_sum, n, {}
 
     def count_tokens(self, batch) -> int:
         return int((batch[1] != IGNORE_INDEX).sum())
