@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,24 @@ def mirror_file():
         return path
 
     return find
+
+
+# Subprocesses of the tests: one thread each (tests run beside each other), unbuffered output.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def train_cmd(out, config, *extra):
+    """``mmlab train pretrain`` of a tiny model on the-verdict at characters, into ``out``."""
+    return [sys.executable, "-m", "mmlab.cli", "train", "pretrain", "--config", str(config), "--data", "the-verdict",
+            "--tokenizer", "char", "--out", str(out), "--batch-size", "4", "--block-size", "32",
+            "--eval-interval", "20", "--eval-batches", "2", "--log-interval", "5", "--warmup-iters", "10",
+            "--lr", "3e-3", *extra]
+
+
+@pytest.fixture
+def run_env(tmp_path, mirror_file):
+    env = {**ENV, "MMLAB_DATA_MIRROR": str(mirror_file("the-verdict.txt").parent),
+           "MMLAB_DATA_DIR": str(tmp_path / "cache")}
+    config = tmp_path / "model.json"
+    get_preset("nano", dropout=0.1, vocab_size=64).to_json(config)  # dropout: the RNG state must resume too
+    return env, config

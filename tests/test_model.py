@@ -14,7 +14,9 @@ from mmlab.model.rope import apply_rope, precompute_rope
 
 SWITCHES = {
     "norm": ["rmsnorm", "layernorm", "none"],
-    "norm_position": ["pre", "post"],
+    "norm_position": ["pre", "post", "sandwich"],
+    "parallel_block": [True],
+    "n_experts": [4],
     "pos_encoding": ["rope", "learned", "sinusoidal", "alibi", "none"],
     "ffn_act": ["swiglu", "gelu", "relu", "relu2", "linear"],
     "use_attn": [False],
@@ -221,3 +223,24 @@ def test_linear_ffn_is_one_matrix_of_rank_at_most_hidden_size(nano):
     merged = ffn.down_proj.weight @ ffn.up_proj.weight  # (C, C)
     torch.testing.assert_close(ffn(x), x @ merged.T, atol=1e-6, rtol=1e-5)
     assert torch.linalg.matrix_rank(merged) <= nano.hidden_size < ffn.up_proj.weight.shape[0]
+
+
+@pytest.mark.parametrize("changes", [{"norm_position": "sandwich"}, {"parallel_block": True},
+                                     {"n_experts": 4, "n_shared_experts": 1}])
+def test_block_layouts_and_moe_decode_with_the_cache_like_without(nano, changes):
+    model = MiniMindLM(nano.replace(**changes)).eval()
+    idx = torch.randint(0, nano.vocab_size, (1, 12))
+    cache = model.new_cache()
+    steps = [model(idx[:, :8], cache=cache).logits[:, -1]]
+    steps += [model(idx[:, t:t + 1], cache=cache).logits[:, -1] for t in range(8, 12)]
+    torch.testing.assert_close(torch.stack(steps, 1), model(idx).logits[:, 7:], atol=1e-5, rtol=1e-4)
+
+
+def test_parallel_block_is_attention_plus_ffn_of_one_norm(nano):
+    block = MiniMindLM(nano.replace(parallel_block=True)).blocks[0]
+    assert not hasattr(block, "ffn_norm")
+    x = torch.randn(2, 6, nano.hidden_size)
+    cos, sin = precompute_rope(nano.head_dim, nano.max_seq_len, nano.rope_theta)
+    rope = (cos[:6], sin[:6])
+    h = block.attn_norm(x)
+    torch.testing.assert_close(block(x, rope)[0], x + block.attn(h, rope)[0] + block.ffn(h))

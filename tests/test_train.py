@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import ENV
+from conftest import train_cmd as _train_cmd
 from mmlab.config import get_preset
 from mmlab.errors import MMLabError
 from mmlab.model import MiniMindLM
@@ -22,8 +24,6 @@ from mmlab.train import NextTokenLoss, TrainConfig, Trainer, TrainingDiverged
 from mmlab.train.checkpoint import CheckpointError, load_model, load_weights, save_checkpoint
 from mmlab.train.optim import lr_at, param_groups
 from mmlab.train.pretrain import pretrain
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def small_cfg(out, **kw):
@@ -101,22 +101,6 @@ class _Sequential(ListBatches):
         out = self.x[self.pos:self.pos + rows], self.y[self.pos:self.pos + rows]
         self.pos += rows
         return out
-
-
-def _train_cmd(out, config, *extra):
-    return [sys.executable, "-m", "mmlab.cli", "train", "pretrain", "--config", str(config), "--data", "the-verdict",
-            "--tokenizer", "char", "--out", str(out), "--batch-size", "4", "--block-size", "32",
-            "--eval-interval", "20", "--eval-batches", "2", "--log-interval", "5", "--warmup-iters", "10",
-            "--lr", "3e-3", *extra]
-
-
-@pytest.fixture
-def run_env(tmp_path, mirror_file):
-    env = {**ENV, "MMLAB_DATA_MIRROR": str(mirror_file("the-verdict.txt").parent),
-           "MMLAB_DATA_DIR": str(tmp_path / "cache")}
-    config = tmp_path / "model.json"
-    get_preset("nano", dropout=0.1, vocab_size=64).to_json(config)  # dropout: the RNG state must resume too
-    return env, config
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path, run_env):

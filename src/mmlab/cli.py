@@ -208,6 +208,45 @@ def _cmd_exp_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from mmlab.data.corpus import load_corpus
+    from mmlab.tokenizer.base import BPE_FILE, CHAR_FILE
+    from mmlab.tokenizer.teaching_bpe import TEACHING_BPE_FILE
+    from mmlab.train.pretrain import build_tokenizer
+
+    out = Path(args.out)
+    existing = [n for n in (BPE_FILE, CHAR_FILE, TEACHING_BPE_FILE) if (out / n).exists()]
+    if existing and not args.overwrite:
+        raise MMLabError(f"{out} already holds a tokenizer ({existing[0]}); pass --overwrite or another --out")
+    corpus = load_corpus(args.data)
+    text_bytes = sum(len(d.encode("utf-8")) for d in corpus.documents)
+    print(f"training a {args.kind} tokenizer with {args.vocab_size:,} tokens on {args.data} "
+          f"({text_bytes:,} bytes)", file=sys.stderr)
+    t0 = time.perf_counter()
+    tok = build_tokenizer(args.kind, corpus, args.vocab_size)
+    took = time.perf_counter() - t0
+    for name in existing:
+        (out / name).unlink()
+    path = tok.save(out)
+    sample = "\n".join(corpus.documents)[:1_000_000]
+    ratio = len(sample.encode("utf-8")) / max(len(tok.encode(sample, allow_special=False)), 1)
+    print(f"vocabulary {tok.vocab_size:,} tokens, trained in {took:.1f} s; {ratio:.2f} bytes per token on the "
+          f"first {min(len(sample), 1_000_000):,} characters")
+    print(f"saved: {path}  (use it with: mmlab train pretrain --tokenizer {out} ...)")
+    return 0
+
+
+def _cmd_exercise_check_block(args: argparse.Namespace) -> int:
+    from mmlab.lab.exercise import check_block_file, format_checks
+
+    checks = check_block_file(args.file)
+    print(format_checks(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def _cmd_lab_render(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -355,6 +394,31 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--quick", action="store_true", help="small budget (<= 60 s each)")
     mode.add_argument("--smoke", action="store_true", help="a few steps each (tests)")
     p.set_defaults(func=_cmd_exp_run)
+
+    tk = sub.add_parser("tokenizer", help="train a tokenizer", description="Train and save tokenizers.")
+    tk_sub = tk.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
+    p = tk_sub.add_parser("train", help="train a tokenizer on a dataset and save it",
+                          description="Train a tokenizer on a corpus and save it to a folder that "
+                                      "`mmlab train pretrain --tokenizer DIR` reads.")
+    p.add_argument("--data", required=True, help="a dataset name (`mmlab data list`), synthetic-stories, or a path")
+    p.add_argument("--vocab-size", type=_positive_int, required=True,
+                   help="tokens in the vocabulary, counting 256 bytes and 3 special tokens (BPE)")
+    p.add_argument("--out", required=True, help="folder for the tokenizer file")
+    p.add_argument("--kind", choices=["bpe", "teaching-bpe", "char"], default="bpe",
+                   help="bpe: Hugging Face tokenizers (fast); teaching-bpe: the plain-Python merge loop of the "
+                        "tokenization lesson (slow); char: one token per character (--vocab-size ignored)")
+    p.add_argument("--overwrite", action="store_true", help="replace a tokenizer already in --out")
+    p.set_defaults(func=_cmd_tokenizer_train)
+
+    ex = sub.add_parser("exercise", help="check your solution of a lesson exercise",
+                        description="Check a learner's code against the library's own implementation.")
+    ex_sub = ex.add_subparsers(dest="exercise_command", metavar="EXERCISE", required=True)
+    p = ex_sub.add_parser("check-block", help="compare your MyBlock with mmlab's transformer block",
+                          description="Load mmlab's Block weights into the MyBlock class of FILE and compare the "
+                                      "norm, attention, FFN, the whole block, gradients and causality "
+                                      "(modules/02-architecture/02-transformer-block/exercise/).")
+    p.add_argument("file", help="a Python file defining MyBlock(cfg) with forward(x, rope)")
+    p.set_defaults(func=_cmd_exercise_check_block)
 
     lab = sub.add_parser("lab", help="docs result blocks", description="Maintain the docs' result blocks.")
     lab_sub = lab.add_subparsers(dest="lab_command", metavar="SUBCOMMAND", required=True)

@@ -22,7 +22,7 @@ from typing import Any
 from mmlab.errors import ConfigError
 
 NORMS = ("rmsnorm", "layernorm", "none")
-NORM_POSITIONS = ("pre", "post")
+NORM_POSITIONS = ("pre", "post", "sandwich")
 POS_ENCODINGS = ("rope", "learned", "sinusoidal", "alibi", "none")
 ATTN_IMPLS = ("sdpa", "explicit")
 FFN_ACTS = ("swiglu", "gelu", "relu", "relu2", "linear")  # linear: no non-linearity (an ablation)
@@ -99,6 +99,13 @@ class ModelConfig:
     # block and model
     use_attn: bool = True  # False drops every attention sub-layer (and its norm): an FFN-only model
     use_ffn: bool = True  # False drops every FFN sub-layer (and its norm): an attention-only model
+    parallel_block: bool = False  # x + attn(norm(x)) + ffn(norm(x)) (GPT-J, PaLM) instead of one after the other
+    # mixture of experts (0 experts: a dense FFN)
+    n_experts: int = 0  # routed experts per layer, each an FFN of resolved_ffn_size
+    n_experts_per_tok: int = 2  # top-k: experts each token is sent to
+    n_shared_experts: int = 0  # experts every token goes through (DeepSeek-MoE, MiniMind)
+    moe_aux_loss_coef: float = 0.01  # weight of the load-balancing loss in the training loss
+    moe_norm_topk: bool = True  # renormalise the top-k router weights to sum to 1
     residual: bool = True
     tie_embeddings: bool = True
     dropout: float = 0.0
@@ -194,6 +201,19 @@ class ModelConfig:
             raise ConfigError(f"norm_eps={self.norm_eps} must be positive")
         if not self.init_std > 0:
             raise ConfigError(f"init_std={self.init_std} must be positive")
+        if self.parallel_block and (self.norm_position != "pre" or not (self.use_attn and self.use_ffn)):
+            raise ConfigError("parallel_block=True needs norm_position='pre' and both use_attn and use_ffn")
+        if self.n_experts < 0 or self.n_shared_experts < 0:
+            raise ConfigError(f"n_experts={self.n_experts} and n_shared_experts={self.n_shared_experts} must be >= 0")
+        if self.n_experts:
+            if not 1 <= self.n_experts_per_tok <= self.n_experts:
+                raise ConfigError(
+                    f"n_experts_per_tok={self.n_experts_per_tok} must be between 1 and n_experts={self.n_experts}"
+                )
+            if not self.use_ffn:
+                raise ConfigError("n_experts > 0 replaces the FFN with experts, but use_ffn=False removes it")
+        if self.moe_aux_loss_coef < 0:
+            raise ConfigError(f"moe_aux_loss_coef={self.moe_aux_loss_coef} must be >= 0")
 
     # ---- (de)serialisation ---------------------------------------------------------------------
     def replace(self, **changes: Any) -> ModelConfig:
@@ -306,6 +326,11 @@ PRESETS: dict[str, ModelConfig] = {
     "minimind-26m": ModelConfig(
         name="minimind-26m", vocab_size=6400, hidden_size=512, n_layers=8, n_heads=8, n_kv_heads=2,
         ffn_size=1408, max_seq_len=512, rope_theta=1e6,
+    ),
+    # MiniMind's MoE recipe on the 26M body: 4 routed experts (top-2) and 1 shared expert per layer.
+    "minimind-moe": ModelConfig(
+        name="minimind-moe", vocab_size=6400, hidden_size=512, n_layers=8, n_heads=8, n_kv_heads=2,
+        ffn_size=1408, max_seq_len=512, rope_theta=1e6, n_experts=4, n_experts_per_tok=2, n_shared_experts=1,
     ),
     "minimind-104m": ModelConfig(
         name="minimind-104m", vocab_size=6400, hidden_size=768, n_layers=16, n_heads=8, n_kv_heads=2,

@@ -3,6 +3,9 @@
 Pre-LN (GPT-2 onwards, Llama):   x = x + attn(norm(x));   x = x + ffn(norm(x))
 Post-LN (the 2017 Transformer):  x = norm(x + attn(x));   x = norm(x + ffn(x))
 
+Sandwich (CogView, Gemma 2):     x = x + norm'(attn(norm(x)))  — also normalises what each sub-layer writes
+Parallel (GPT-J, PaLM):          x = x + attn(norm(x)) + ffn(norm(x))  — one norm, both sub-layers side by side
+
 Pre-LN keeps an un-normalised "residual stream" from input to output, so gradients reach early
 layers undiminished; Post-LN normalises that stream after every sub-layer.
 """
@@ -16,6 +19,7 @@ from mmlab.config import ModelConfig
 from mmlab.model.attention import Attention
 from mmlab.model.ffn import make_ffn
 from mmlab.model.kv_cache import KVCache
+from mmlab.model.moe import MoE
 from mmlab.model.norm import make_norm
 
 
@@ -24,16 +28,22 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        self.pre_norm = cfg.norm_position == "pre"
-        self.residual = cfg.residual
+        self.pre_norm = cfg.norm_position in ("pre", "sandwich")
+        self.residual, self.parallel = cfg.residual, cfg.parallel_block
         # A removed sub-layer (use_attn / use_ffn = False) takes its norm with it: the block is then
         # one sub-layer, and an attention-only or FFN-only model has no unused parameters.
+        sandwich = cfg.norm_position == "sandwich"
         if cfg.use_attn:
             self.attn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
             self.attn = Attention(cfg, layer_idx)
+            if sandwich:
+                self.attn_out_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
         if cfg.use_ffn:
-            self.ffn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
-            self.ffn = make_ffn(cfg)
+            if not cfg.parallel_block:  # the parallel block reads attn_norm(x) for both sub-layers
+                self.ffn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
+            self.ffn = MoE(cfg) if cfg.n_experts else make_ffn(cfg)
+            if sandwich:
+                self.ffn_out_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
 
     def forward(
         self,
@@ -44,9 +54,16 @@ class Block(nn.Module):
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         weights = None
+        if self.parallel:
+            h = self.attn_norm(x)
+            a, weights = self.attn(h, rope, bias, cache, need_weights)
+            out = a + self.ffn(h)
+            return (x + out if self.residual else out), weights
         if hasattr(self, "attn"):
             if self.pre_norm:
                 h, weights = self.attn(self.attn_norm(x), rope, bias, cache, need_weights)
+                if hasattr(self, "attn_out_norm"):
+                    h = self.attn_out_norm(h)
                 x = x + h if self.residual else h
             else:
                 h, weights = self.attn(x, rope, bias, cache, need_weights)
@@ -54,6 +71,8 @@ class Block(nn.Module):
         if hasattr(self, "ffn"):
             if self.pre_norm:
                 h = self.ffn(self.ffn_norm(x))
+                if hasattr(self, "ffn_out_norm"):
+                    h = self.ffn_out_norm(h)
                 x = x + h if self.residual else h
             else:
                 x = self.ffn_norm(x + self.ffn(x) if self.residual else self.ffn(x))

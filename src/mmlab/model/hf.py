@@ -34,7 +34,8 @@ _TOP_NAMES = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "mod
 def llama_incompatibilities(cfg: ModelConfig) -> list[str]:
     """The switches that make ``cfg`` differ from a Llama (empty list: it is one)."""
     wanted = {"norm": "rmsnorm", "norm_position": "pre", "pos_encoding": "rope", "causal": True,
-              "ffn_act": "swiglu", "residual": True, "bias": False, "use_attn": True, "use_ffn": True}
+              "ffn_act": "swiglu", "residual": True, "bias": False, "use_attn": True, "use_ffn": True,
+              "parallel_block": False, "n_experts": 0}
     problems = [f"{k}={getattr(cfg, k)!r} (Llama: {v!r})" for k, v in wanted.items() if getattr(cfg, k) != v]
     if cfg.rope_scaling is not None and cfg.rope_scaling.kind == "ntk":
         problems.append("rope_scaling.kind='ntk' (no static NTK scaling in transformers' Llama)")

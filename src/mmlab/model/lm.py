@@ -28,6 +28,9 @@ class ModelOutput:
     logits: torch.Tensor  # (B, T, vocab)
     loss: torch.Tensor | None = None  # mean cross-entropy over targets != IGNORE_INDEX
     attentions: list[torch.Tensor] | None = None  # per layer (B, H, T, T_k), when asked for
+    # MoE: moe_aux_loss_coef * the load-balancing losses summed over layers (None for a dense model).
+    # Not part of ``loss`` (so val losses compare across models); the training objective adds it.
+    aux_loss: torch.Tensor | None = None
 
 
 class MiniMindLM(nn.Module):
@@ -54,7 +57,7 @@ class MiniMindLM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         # Pre-LN leaves the residual stream un-normalised, so it needs one last norm; Post-LN's last
         # block already ends in a norm.
-        self.norm = make_norm(cfg.norm if cfg.norm_position == "pre" else "none", cfg.hidden_size, cfg.norm_eps)
+        self.norm = make_norm(cfg.norm if cfg.norm_position != "post" else "none", cfg.hidden_size, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:  # one matrix reads tokens in and writes them out (saves V*C parameters)
             self.lm_head.weight = self.tok_emb.weight
@@ -132,7 +135,10 @@ class MiniMindLM(nn.Module):
             loss = F.cross_entropy(
                 logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
             )
-        return ModelOutput(logits=logits, loss=loss, attentions=attentions)
+        aux_loss = None
+        if self.cfg.n_experts:
+            aux_loss = self.cfg.moe_aux_loss_coef * sum(block.ffn.aux_loss for block in self.blocks)
+        return ModelOutput(logits=logits, loss=loss, attentions=attentions, aux_loss=aux_loss)
 
     def new_cache(self, max_len: int | None = None, static: bool = True) -> KVCache:
         """An empty KV cache for this model (``max_len`` defaults to max_seq_len)."""

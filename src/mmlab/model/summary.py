@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from mmlab.config import ModelConfig
+from mmlab.model.ffn import make_ffn
 from mmlab.model.lm import MiniMindLM
 
 COMPONENTS = ("embedding", "position", "attention", "ffn", "norm", "lm_head")
@@ -44,16 +45,32 @@ def flops_per_token(cfg: ModelConfig, context: int) -> dict[str, int]:
     """Forward FLOPs per token at a given context length (a multiply-add counts as 2 FLOPs).
 
     matmul: 2 * (every weight matrix a token passes through, the LM head included, the embedding
-    lookup excluded). attention: QK^T and AV cost 2 * 2 * n_layers * context * (n_heads * head_dim)
+    lookup excluded; for MoE only the experts a token uses).
+    attention: QK^T and AV cost 2 * 2 * n_layers * context * (n_heads * head_dim)
     for a token that attends to ``context`` keys (the worst case; causal averages half of that).
     Training costs about 3x forward (backward = 2x forward).
     """
     counts = param_breakdown(cfg)
-    matmul_params = counts["attention"] + counts["ffn"] + cfg.vocab_size * cfg.hidden_size
+    matmul_params = counts["attention"] + counts["ffn"] - _idle_expert_params(cfg) + cfg.vocab_size * cfg.hidden_size
     matmul = 2 * matmul_params
     attention = 4 * cfg.n_layers * context * cfg.n_heads * cfg.head_dim
     return {"matmul": matmul, "attention": attention, "forward": matmul + attention,
             "train": 3 * (matmul + attention)}
+
+
+def _idle_expert_params(cfg: ModelConfig) -> int:
+    """MoE: parameters of the routed experts a token does *not* use (n_experts - k per layer)."""
+    if not cfg.n_experts:
+        return 0
+    with torch.device("meta"):
+        expert = sum(p.numel() for p in make_ffn(cfg).parameters())
+    return cfg.n_layers * (cfg.n_experts - cfg.n_experts_per_tok) * expert
+
+
+def active_params(cfg: ModelConfig) -> int:
+    """Parameters a token passes through: for MoE, the router, k routed and the shared experts of each
+    layer, not all experts (equal to the total for a dense model)."""
+    return sum(param_breakdown(cfg).values()) - _idle_expert_params(cfg)
 
 
 def kv_cache_bytes_per_token(cfg: ModelConfig, bytes_per_value: int = 2) -> int:
@@ -70,7 +87,7 @@ def summarize(cfg: ModelConfig, context: int | None = None) -> dict[str, Any]:
         "preset": cfg.name,
         "config": cfg.to_dict(),
         "params": {"total": total, "non_embedding": total - counts["embedding"] - counts["position"],
-                   "by_component": counts},
+                   "active": active_params(cfg), "by_component": counts},
         "flops_per_token": {"context": context, **flops_per_token(cfg, context)},
         "kv_cache_bytes_per_token": {"fp32": kv_cache_bytes_per_token(cfg, 4),
                                      "bf16": kv_cache_bytes_per_token(cfg, 2)},
@@ -91,7 +108,11 @@ def format_summary(s: dict[str, Any]) -> str:
     for name, n in p["by_component"].items():
         if n:
             lines.append(f"{name:<12}{n:>14,}{100 * n / p['total']:>8.1f}%")
-    lines += [f"{'total':<12}{p['total']:>14,}", f"{'non-embed.':<12}{p['non_embedding']:>14,}", ""]
+    lines += [f"{'total':<12}{p['total']:>14,}", f"{'non-embed.':<12}{p['non_embedding']:>14,}"]
+    if cfg["n_experts"]:
+        lines.append(f"{'active':<12}{p['active']:>14,}  (per token: {cfg['n_experts_per_tok']} of "
+                     f"{cfg['n_experts']} routed experts + {cfg['n_shared_experts']} shared, in each layer)")
+    lines.append("")
     f = s["flops_per_token"]
     lines.append(f"FLOPs/token (forward, context {f['context']}): {f['forward']:,} "
                  f"= matmul {f['matmul']:,} + attention {f['attention']:,}; training ~{f['train']:,}")

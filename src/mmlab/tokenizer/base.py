@@ -44,18 +44,21 @@ def fingerprint(tokenizer: Tokenizer) -> str:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load from a folder (holding tokenizer.json or char_vocab.json) or from either file."""
+    """Load from a folder (holding tokenizer.json, char_vocab.json or teaching_bpe.json) or from such a file."""
     from mmlab.tokenizer.bpe import BPETokenizer
     from mmlab.tokenizer.char import CharTokenizer
+    from mmlab.tokenizer.teaching_bpe import TEACHING_BPE_FILE, TeachingBPE
 
     path = Path(path)
     if path.is_dir():
-        for name, cls in ((BPE_FILE, BPETokenizer), (CHAR_FILE, CharTokenizer)):
+        for name, cls in ((BPE_FILE, BPETokenizer), (CHAR_FILE, CharTokenizer), (TEACHING_BPE_FILE, TeachingBPE)):
             if (path / name).is_file():
                 return cls.load(path / name)
-        raise TokenizerError(f"{path}: no {BPE_FILE} or {CHAR_FILE} in this folder")
+        raise TokenizerError(f"{path}: no {BPE_FILE}, {CHAR_FILE} or {TEACHING_BPE_FILE} in this folder")
     if path.name == CHAR_FILE:
         return CharTokenizer.load(path)
+    if path.name == TEACHING_BPE_FILE:
+        return TeachingBPE.load(path)
     if path.is_file():
         return BPETokenizer.load(path)
     raise TokenizerError(f"tokenizer not found: {path}")

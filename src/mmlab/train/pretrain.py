@@ -68,12 +68,17 @@ def clear_run(out: Path) -> None:
 
 def build_tokenizer(spec: str, corpus: Corpus, vocab_size: int) -> Tokenizer:
     """``char``: the corpus' characters; ``bpe``: a byte-level BPE of ``vocab_size`` trained on the
-    corpus; anything else: a path to a saved tokenizer."""
+    corpus (Hugging Face ``tokenizers``); ``teaching-bpe``: the same algorithm in plain Python
+    (slow: for small vocabularies); anything else: a path to a saved tokenizer."""
     if spec == "char":
         specials = [ENDOFTEXT] if corpus.is_documents else []
         return CharTokenizer.from_corpus("".join(corpus.documents), special_tokens=specials)
     if spec == "bpe":
         return train_bpe(corpus.documents, vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
+    if spec == "teaching-bpe":
+        from mmlab.tokenizer.teaching_bpe import TeachingBPE
+
+        return TeachingBPE.train("\n".join(corpus.documents), vocab_size=vocab_size)
     return load_tokenizer(spec)
 
 

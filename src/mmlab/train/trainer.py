@@ -62,14 +62,20 @@ class BatchSource(Protocol):
 
 
 class NextTokenLoss:
-    """Pretraining (and SFT, through IGNORE_INDEX targets): cross-entropy of the next token."""
+    """Pretraining (and SFT, through IGNORE_INDEX targets): cross-entropy of the next token.
+    In training mode an MoE model's load-balancing loss is added (weighted by the micro-batch's
+    tokens, so accumulation stays exact); evaluation reports the cross-entropy alone."""
 
     def __call__(self, model, batch):
         x, y = batch
-        logits = model(x).logits
+        out = model(x)
+        logits = out.logits
+        n = self.count_tokens(batch)
         loss_sum = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1),
                                    ignore_index=IGNORE_INDEX, reduction="sum")
-        return loss_sum, self.count_tokens(batch), {}
+        if out.aux_loss is not None and model.training:
+            loss_sum = loss_sum + out.aux_loss.float() * n
+        return loss_sum, n, {}
 
     def count_tokens(self, batch) -> int:
         return int((batch[1] != IGNORE_INDEX).sum())
