@@ -16,7 +16,7 @@ from mmlab.model import MiniMindLM
 
 def main(exp: Experiment) -> None:
     depths = exp.pick(full=[2, 4, 8, 16], quick=[2, 8], smoke=[2])
-    steps = exp.pick(full=400, quick=40, smoke=2)
+    steps = exp.pick(full=300, quick=40, smoke=2)
     lr = 2e-3
     exp.set_config(depths=depths, steps=steps, lr=lr, width=128, batch="12 x 64", norm="pre-LN RMSNorm")
     x, y = batches(64, 12, 1).sample("val", 12, torch.Generator().manual_seed(exp.seed))
@@ -26,7 +26,7 @@ def main(exp: Experiment) -> None:
             cfg = shakespeare_config(n_layers=depth, residual=residual)
             torch.manual_seed(exp.seed)
             init_grads = block_grad_norms(MiniMindLM(cfg), x, y)
-            r = train_lm(cfg, steps, lr, seed=exp.seed, eval_batches=exp.pick(40, 5, 2))
+            r = train_lm(cfg, steps, lr, seed=exp.seed, eval_batches=exp.pick(20, 5, 2))
             model = r.pop("model")
             runs[f"{depth}/{residual}"] = {**r, "depth": depth, "residual": residual, "grads_init": init_grads,
                                            "grads_trained": block_grad_norms(model, x, y)}

@@ -29,7 +29,7 @@ def stream_std(model: MiniMindLM, x: torch.Tensor) -> list[float]:
 
 
 def main(exp: Experiment) -> None:
-    depths = exp.pick(full=[4, 16], quick=[4, 16], smoke=[2])
+    depths = exp.pick(full=[4, 16], quick=[2, 8], smoke=[2])
     steps = exp.pick(full=600, quick=40, smoke=2)
     lr = 2e-3
     exp.set_config(depths=depths, steps=steps, lr=lr, width=128, batch="12 x 64")

@@ -22,7 +22,7 @@ LAYOUTS = {
 
 
 def main(exp: Experiment) -> None:
-    steps = exp.pick(full=500, quick=30, smoke=2)
+    steps = exp.pick(full=500, quick=20, smoke=2)
     lrs = exp.pick(full=[2e-3, 1e-2], quick=[2e-3, 1e-2], smoke=[2e-3])
     exp.set_config(layouts=LAYOUTS, steps=steps, lrs=lrs, model="6 layers x 128", batch="12 x 64")
     runs = {}
