@@ -80,7 +80,7 @@ def test_bpe_bad_inputs(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(TokenizerError, match="tokenizer.json"):
         load_tokenizer(bad)
-    with pytest.raises(TokenizerError, match="no tokenizer.json or char_vocab.json"):
+    with pytest.raises(TokenizerError, match="no tokenizer.json, char_vocab.json or teaching_bpe.json"):
         load_tokenizer(tmp_path / "..")
 
 
