@@ -126,3 +126,44 @@ def train_lm(
         "elapsed_s": elapsed,
         "model": model,
     }
+
+
+def document_splits(corpus: str, val_fraction: float = 0.1,
+                    max_chars: int | None = None) -> tuple[list[str], list[str]]:
+    """A corpus' documents split in order: the first (1 - val_fraction) for training (tokenizers
+    included), the rest held out; a single document (TinyShakespeare) is cut at the same fraction of its
+    characters. ``max_chars`` keeps the first documents up to that many characters."""
+    docs = load_corpus(corpus).documents
+    if max_chars is not None:
+        kept, total = [], 0
+        for d in docs:
+            if total >= max_chars:
+                break
+            kept.append(d[: max_chars - total])
+            total += len(kept[-1])
+        docs = kept
+    if len(docs) == 1:
+        cut = len(docs[0]) - int(len(docs[0]) * val_fraction)
+        return [docs[0][:cut]], [docs[0][cut:]]
+    n_val = max(1, int(len(docs) * val_fraction))
+    return docs[:-n_val], docs[-n_val:]
+
+
+def token_batches(tokenizer: Any, train_docs: list[str], val_docs: list[str], block_size: int, batch_size: int,
+                  eval_batches: int) -> PretrainBatches:
+    """A pretraining BatchSource over documents encoded with ``tokenizer`` (ENDOFTEXT between documents
+    when the tokenizer has it; a single document is used as it is)."""
+    from mmlab.tokenizer.base import ENDOFTEXT
+
+    eot = tokenizer.token_to_id(ENDOFTEXT)
+
+    def encode(docs: list[str]) -> torch.Tensor:
+        ids: list[int] = []
+        for d in docs:
+            ids += tokenizer.encode(d, allow_special=False)
+            if eot is not None and len(docs) > 1:
+                ids.append(eot)
+        return torch.tensor(ids, dtype=torch.int32)
+
+    data = PretrainData(train=encode(train_docs), val=encode(val_docs))
+    return PretrainBatches(data, block_size, batch_size, eval_batches)
