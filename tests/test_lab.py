@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mmlab.errors import MMLabError
 from mmlab.lab import Experiment
 from mmlab.lab.registry import discover
 from mmlab.lab.render import BLOCK, fmt, render_text
@@ -165,3 +166,17 @@ def test_exp_cli_lists_and_rejects_unknown(capsys):
 def test_table_cells_are_formatted_for_reading():
     assert [fmt(v) for v in (861440, 4096, 1.8604941, 12345.6, 0.00025, True, None, "a|b", float("nan"))] == [
         "861,440", "4096", "1.86", "12,346", "0.00025", "yes", "—", "a\\|b", "nan"]
+
+
+def test_sample_blocks_render_as_text(tmp_path):
+    (tmp_path / "results").mkdir()
+    result = {"experiment": "recipe_demo", "mode": "full",
+              "metrics": {"samples": [{"prompt": "ROMEO:", "seed": 0, "temperature": 0.8, "text": "ROMEO:\nAy."}],
+                          "val_loss": 1.5}}
+    (tmp_path / "results" / "recipe_demo.json").write_text(json.dumps(result))
+    md = tmp_path / "doc.md"
+    text = "<!-- mmlab:result recipe_demo text=samples -->\n<!-- /mmlab:result -->\n"
+    out = render_text(text, md, None)
+    assert "```text\nROMEO:\nAy.\n```" in out and "seed 0, temperature 0.8" in out
+    with pytest.raises(MMLabError, match="val_loss"):
+        render_text(text.replace("samples", "val_loss"), md, None)

@@ -411,3 +411,27 @@ def test_a_crash_between_the_renames_is_recovered(tmp_path):
     save_checkpoint(tmp_path / "ckpt", model)  # ckpt.old is removed only after the new ckpt is in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     assert oct((tmp_path / "ckpt").stat().st_mode & 0o777) != oct(0o700)
+
+
+def test_sgd_optimizer_trains_and_cannot_resume_an_adamw_run(tmp_path):
+    from mmlab.train.optim import build_optimizer
+
+    model = MiniMindLM(get_preset("nano"))
+    opt = build_optimizer(model, small_cfg(tmp_path, optimizer="sgd", lr=0.1, beta1=0.9))
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+    x = torch.randint(0, 128, (4, 16))
+    losses = []
+    for _ in range(20):
+        loss = model(x, x).loss
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0] - 0.5
+    with pytest.raises(MMLabError, match="optimizer='bogus' is not one of: adamw, sgd"):
+        small_cfg(tmp_path, optimizer="bogus")
+    (tmp_path / "run").mkdir()
+    small_cfg(tmp_path / "run").save(tmp_path / "run" / "train_config.json")
+    with pytest.raises(MMLabError, match="optimizer='adamw'"):
+        TrainConfig.for_resume(tmp_path / "run", optimizer="sgd")
+    assert TrainConfig.for_resume(tmp_path / "run", optimizer="adamw").optimizer == "adamw"

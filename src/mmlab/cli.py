@@ -104,8 +104,8 @@ def _train_config(args: argparse.Namespace):
     from mmlab.train.config import TrainConfig
 
     given = {k: getattr(args, k) for k in ("max_iters", "batch_size", "block_size", "grad_accum", "lr", "min_lr",
-                                           "warmup_iters", "lr_decay_iters", "schedule", "weight_decay",
-                                           "grad_clip", "dtype",
+                                           "warmup_iters", "lr_decay_iters", "schedule", "optimizer",
+                                           "weight_decay", "grad_clip", "dtype",
                                            "device", "compile", "eval_interval", "eval_batches", "log_interval",
                                            "seed")
              if getattr(args, k, None) is not None}
@@ -239,6 +239,36 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipe_list(args: argparse.Namespace) -> int:
+    from mmlab.recipes import RECIPES
+
+    for r in RECIPES.values():
+        target = f"; target val loss <= {r.target_val_loss}" if r.target_val_loss is not None else ""
+        print(f"{r.name:<18} {r.summary} ({r.train['max_iters']:,} steps, about {r.budget_minutes:g} min on 2 CPU "
+              f"cores{target})")
+    return 0
+
+
+def _cmd_recipe_run(args: argparse.Namespace) -> int:
+    from mmlab.recipes import get_recipe, run_recipe
+
+    recipe = get_recipe(args.name)
+    out = args.out or f"runs/{recipe.name}"
+    result = run_recipe(recipe.name, out, overwrite=args.overwrite, max_iters=args.max_iters,
+                        results_dir=args.results_dir)
+    m = result["metrics"]
+    print(f"\n{recipe.name}: val loss {m['val_loss']:.4f} on the whole val split ({m['val_bits_per_byte']:.3f} bits "
+          f"per byte) after {m['tokens_seen']:,} tokens in {m['train_minutes']:.1f} min of training "
+          f"({m['wall_minutes']:.1f} min in all, {m['tokens_per_s']:,.0f} tokens/s)")
+    for f in result["findings"]:
+        print(f"  {'holds' if f['holds'] else 'DOES NOT HOLD'}: {f['claim']}")
+    for s in m["samples"]:
+        print(f"\n--- sample (seed {s['seed']}, temperature {s['temperature']}) ---\n{s['text']}")
+    where = args.results_dir or out
+    print(f"\nresults: {where}/{result['experiment']}.json   checkpoint: {out}/ckpt")
+    return 0
+
+
 def _cmd_exercise_check_block(args: argparse.Namespace) -> int:
     from mmlab.lab.exercise import check_block_file, format_checks
 
@@ -355,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-decay-iters", type=_positive_int,
                    help="step where the decay reaches min_lr (default: max_iters; on --resume, the run's own)")
     p.add_argument("--schedule", choices=["cosine", "constant", "wsd"])
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], help="adamw (default) or sgd with momentum")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
@@ -419,6 +450,23 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(modules/02-architecture/02-transformer-block/exercise/).")
     p.add_argument("file", help="a Python file defining MyBlock(cfg) with forward(x, rope)")
     p.set_defaults(func=_cmd_exercise_check_block)
+
+    rc = sub.add_parser("recipe", help="reproduce a complete training recipe and measure it",
+                        description="Named end-to-end runs (data, tokenizer, model, schedule) that report the val "
+                                    "loss on the whole val split, bits per byte, time and samples.")
+    rc_sub = rc.add_subparsers(dest="recipe_command", metavar="SUBCOMMAND", required=True)
+    p = rc_sub.add_parser("list", help="the recipes", description="List the recipes.")
+    p.set_defaults(func=_cmd_recipe_list)
+    p = rc_sub.add_parser("run", help="train a recipe, evaluate it and write its results",
+                          description="Train a recipe into --out, evaluate it on the whole val split, sample, and "
+                                      "write recipe_NAME.json and .png.")
+    p.add_argument("name", help="a recipe (`mmlab recipe list`)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/NAME)")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out first")
+    p.add_argument("--max-iters", type=_positive_int, default=None,
+                   help="stop early (a smoke run; its results are marked as such)")
+    p.add_argument("--results-dir", default=None, help="where the results JSON and plot go (default: --out)")
+    p.set_defaults(func=_cmd_recipe_run)
 
     lab = sub.add_parser("lab", help="docs result blocks", description="Maintain the docs' result blocks.")
     lab_sub = lab.add_subparsers(dest="lab_command", metavar="SUBCOMMAND", required=True)

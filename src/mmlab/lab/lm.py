@@ -88,10 +88,12 @@ def train_lm(
     device: str = "cpu",
     grad_clip: float = 1.0,
     source: Any = None,
+    **train_overrides: Any,
 ) -> dict[str, Any]:
     """Train ``cfg`` for ``steps`` and report losses. A run *diverges* when its loss or gradient
     becomes NaN/inf (the loop stops there) or when it ends no better than a uniform guess.
-    ``source``: a BatchSource other than TinyShakespeare (e.g. ``TensorBatches`` of a synthetic task)."""
+    ``source``: a BatchSource other than TinyShakespeare (e.g. ``TensorBatches`` of a synthetic task).
+    ``train_overrides``: other TrainConfig fields (``schedule``, ``optimizer``, ``grad_accum``, ...)."""
     block = block_size or cfg.max_seq_len
     warmup = min(100, steps // 10) if warmup is None else warmup
     with tempfile.TemporaryDirectory() as out:
@@ -99,7 +101,7 @@ def train_lm(
                            min_lr=lr / 10, warmup_iters=warmup, eval_interval=eval_interval or max(1, steps // 5),
                            eval_batches=eval_batches, log_interval=max(1, steps // 50), seed=seed,
                            grad_clip=grad_clip, dtype=dtype, device=device, progress=False,
-                           save_checkpoints=False, plot=False)
+                           save_checkpoints=False, plot=False, **train_overrides)
         torch.manual_seed(seed)
         model = MiniMindLM(cfg)
         source = source if source is not None else batches(block, batch_size, eval_batches)

@@ -2,6 +2,8 @@
 
     <!-- mmlab:result exp2_norm_comparison -->            the findings, as a table
     <!-- mmlab:result exp2_norm_comparison table=final --> a table the experiment recorded
+    <!-- mmlab:result recipe_shakespeare-char text=samples --> a metric's list of {"prompt", "text", ...}
+                                                            as text blocks (generated samples)
     ... generated text ...
     <!-- /mmlab:result -->
 
@@ -20,7 +22,8 @@ from typing import Any
 from mmlab.errors import MMLabError
 
 BLOCK = re.compile(
-    r"(?P<open><!-- mmlab:result (?P<ref>[\w./-]+)(?: table=(?P<table>[\w-]+))? -->\n)(?P<body>.*?)"
+    r"(?P<open><!-- mmlab:result (?P<ref>[\w./-]+)(?: table=(?P<table>[\w-]+))?(?: text=(?P<text>[\w-]+))? -->\n)"
+    r"(?P<body>.*?)"
     r"(?P<close><!-- /mmlab:result -->)",
     re.S,
 )
@@ -60,9 +63,23 @@ def load_result(ref: str, markdown: Path, modules: Path | None) -> tuple[dict[st
     raise MMLabError(f"{markdown}: result block {ref!r} has no results JSON (looked in {candidates[0]})")
 
 
-def render_block(result: dict[str, Any], table: str | None, source: Path) -> str:
+def render_samples(result: dict[str, Any], key: str, source: Path) -> str:
+    samples = result.get("metrics", {}).get(key)
+    if not isinstance(samples, list) or not all(isinstance(s, dict) and "text" in s for s in samples):
+        raise MMLabError(f"{source}: metric {key!r} is not a list of samples with a 'text'")
+    parts = []
+    for s in samples:
+        about = ", ".join(f"{k} {s[k]}" for k in ("seed", "temperature") if k in s)
+        parts.append(f"Prompt `{s.get('prompt', '')!r}`{' (' + about + ')' if about else ''}:\n\n"
+                     f"```text\n{s['text'].rstrip()}\n```\n")
+    return "\n".join(parts)
+
+
+def render_block(result: dict[str, Any], table: str | None, source: Path, text: str | None = None) -> str:
     mode = "" if result.get("mode") == "full" else f" ({result.get('mode')} mode)"
     provenance = f"*Measured by `{result['experiment']}`{mode}; results: `results/{source.name}`.*\n"
+    if text:
+        return render_samples(result, text, source) + "\n" + provenance
     if table:
         if table not in result.get("tables", {}):
             raise MMLabError(f"{source}: no table {table!r} (has: {', '.join(result.get('tables', {}))})")
@@ -82,7 +99,7 @@ def render_block(result: dict[str, Any], table: str | None, source: Path) -> str
 def render_text(text: str, markdown: Path, modules: Path | None) -> str:
     def replace(m: re.Match) -> str:
         result, source = load_result(m["ref"], markdown, modules)
-        return m["open"] + render_block(result, m["table"], source) + m["close"]
+        return m["open"] + render_block(result, m["table"], source, m["text"]) + m["close"]
 
     return BLOCK.sub(replace, text)
 

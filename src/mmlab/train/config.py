@@ -13,6 +13,7 @@ from mmlab.errors import ConfigError
 
 SCHEDULES = ("cosine", "constant", "wsd")
 DTYPES = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass
@@ -28,6 +29,7 @@ class TrainConfig:
     lr_decay_iters: int | None = None  # None -> max_iters
     schedule: str = "cosine"  # cosine | constant (after warmup) | wsd (warmup-stable-decay)
     decay_fraction: float = 0.2  # wsd: the last fraction of steps decays linearly to min_lr
+    optimizer: str = "adamw"  # adamw | sgd (momentum beta1, Nesterov; weight decay as L2 on matrices)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -63,6 +65,8 @@ class TrainConfig:
             raise ConfigError(f"min_lr={self.min_lr} must be in [0, lr={self.lr}]")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule={self.schedule!r} is not one of: {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer={self.optimizer!r} is not one of: {', '.join(OPTIMIZERS)}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is not one of: {', '.join(DTYPES)}")
         if not 0 <= self.val_fraction < 1:
@@ -100,6 +104,9 @@ class TrainConfig:
             saved = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        if overrides.get("optimizer", saved.get("optimizer", "adamw")) != saved.get("optimizer", "adamw"):
+            raise ConfigError(f"{out_dir} was trained with optimizer={saved.get('optimizer', 'adamw')!r}; its saved "
+                              "optimizer state cannot continue another optimizer (start a new --out instead)")
         if "max_iters" in overrides and "lr_decay_iters" not in overrides and saved.get("lr_decay_iters") is None:
             # extending a run must not restart the schedule: the decay still ends where it was planned
             # to (then the rate stays at min_lr); pass --lr-decay-iters to plan a new decay

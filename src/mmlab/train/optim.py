@@ -1,4 +1,4 @@
-"""AdamW with weight decay on matrices only, and the learning-rate schedules."""
+"""AdamW (or SGD, for comparison) with weight decay on matrices only, and the learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        # the pretraining lesson's baseline: one learning rate for every parameter, momentum, no
+        # per-parameter scaling (what Adam adds)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.beta1, nesterov=cfg.beta1 > 0, foreach=True)
     kwargs = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2)}
     # The fused kernel does the whole update in one pass per tensor (fewer, bigger kernels): it matters
     # for small models where per-step overhead dominates.

@@ -59,7 +59,8 @@ def clear_run(out: Path) -> None:
         return
     if not out.is_dir():
         raise MMLabError(f"--out {out} is a file, not a run folder")
-    foreign = [p.name for p in out.iterdir() if p.name not in RUN_FILES and not p.name.startswith(".ckpt.tmp-")]
+    foreign = [p.name for p in out.iterdir() if p.name not in RUN_FILES and not p.name.startswith(".ckpt.tmp-")
+               and not (p.name.startswith("recipe_") and p.suffix in (".json", ".png"))]  # `mmlab recipe run`'s
     if foreign:
         raise MMLabError(f"refusing to overwrite {out}: it holds files that are not a run's ({', '.join(foreign[:5])})")
     for p in out.iterdir():

@@ -1,0 +1,193 @@
+"""Recipes: a named, complete training run (data, tokenizer, model, schedule) that one command
+reproduces and that reports what it reached: ``mmlab recipe run shakespeare-char``.
+
+A recipe trains through the same ``pretrain`` as every other run, then measures the final model on
+the *whole* validation split (every token once, in non-overlapping windows; not the random batches
+the loop uses for its progress reports), converts the loss to bits per byte, writes samples, and
+saves everything as a results JSON in the lab's format (findings, tables, a plot), so the tiny-model
+lesson renders its numbers from it like any experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mmlab.config import ModelConfig
+from mmlab.errors import MMLabError
+from mmlab.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    summary: str
+    data: str
+    tokenizer: str  # "char" or "bpe" (trained on the corpus with vocab_size)
+    model: dict[str, Any]  # ModelConfig fields
+    train: dict[str, Any]  # TrainConfig fields (out_dir aside)
+    prompts: tuple[str, ...]
+    sample_tokens: int
+    budget_minutes: float = 30.0
+    target_val_loss: float | None = None  # the loss the recipe promises on the whole val split
+    references: dict[str, float] = field(default_factory=dict)  # label -> val loss, drawn on the plot
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(name=self.name, **self.model)
+
+    def train_config(self, out_dir: str, **overrides: Any) -> TrainConfig:
+        return TrainConfig(out_dir=out_dir, **{**self.train, **overrides})
+
+    def fingerprint(self) -> str:
+        """Changes whenever anything that shapes the run changes: committed results must match it."""
+        spec = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("summary", "references")}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in [
+        Recipe(
+            name="shakespeare-char",
+            summary="TinyShakespeare, one token per character: 4 layers x 256, 256 characters of context",
+            data="tinyshakespeare",
+            tokenizer="char",
+            model=dict(vocab_size=65, hidden_size=256, n_layers=4, n_heads=4, max_seq_len=256, rope_theta=1e4,
+                       dropout=0.1),
+            train=dict(max_iters=3000, batch_size=32, block_size=256, lr=2e-3, min_lr=2e-4, warmup_iters=100,
+                       schedule="cosine", weight_decay=0.1, beta2=0.99, grad_clip=1.0, eval_interval=250,
+                       eval_batches=20, log_interval=25),
+            prompts=("ROMEO:", "First Citizen:\n", "KING HENRY:"),
+            sample_tokens=400,
+            target_val_loss=1.55,
+            references={"nanoGPT CPU recipe (1.886)": 1.886, "nanoGPT GPU recipe (1.47)": 1.47},
+        ),
+        Recipe(
+            name="tinystories-bpe",
+            summary="2 MiB of TinyStories with a byte-level BPE of 2,048 tokens trained on it",
+            data="tinystories-train-2mib",
+            tokenizer="bpe",
+            model=dict(vocab_size=2048, hidden_size=256, n_layers=4, n_heads=4, max_seq_len=256, rope_theta=1e4,
+                       dropout=0.1),
+            train=dict(max_iters=3000, batch_size=32, block_size=256, lr=2e-3, min_lr=2e-4, warmup_iters=100,
+                       schedule="cosine", weight_decay=0.1, beta2=0.99, grad_clip=1.0, eval_interval=250,
+                       eval_batches=20, log_interval=25),
+            prompts=("Once upon a time", "Tom and Lily went to the park.", "One day, a little bird"),
+            sample_tokens=160,
+        ),
+    ]
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise MMLabError(f"unknown recipe {name!r}; available: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def run_recipe(name: str, out: str, overwrite: bool = False, max_iters: int | None = None,
+               results_dir: str | None = None) -> dict[str, Any]:
+    """Train recipe ``name`` into ``out``, measure it, and write ``<results_dir or out>/recipe_<name>.json``
+    and its plot. ``max_iters`` shortens the run (a smoke test): its results say so (mode ``smoke``)."""
+    from mmlab.data.corpus import load_corpus
+    from mmlab.data.pretrain import PretrainData, tokenize_corpus
+    from mmlab.infer.sample import sample_text
+    from mmlab.lab.runtime import Experiment
+    from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model
+    from mmlab.train.evaluate import split_loss
+    from mmlab.train.pretrain import pretrain
+
+    recipe = get_recipe(name)
+    overrides: dict[str, Any] = {}
+    if max_iters is not None:
+        overrides = {"max_iters": max_iters, "eval_interval": max(1, min(max_iters, recipe.train["eval_interval"])),
+                     "warmup_iters": min(recipe.train["warmup_iters"], max_iters // 2)}
+    cfg = recipe.train_config(out, **overrides)
+    full = max_iters is None or max_iters >= recipe.train["max_iters"]
+    exp = Experiment(f"recipe_{name}", f"What does the {name} recipe reach in {recipe.budget_minutes:g} minutes?",
+                     mode="full" if full else "smoke", seed=cfg.seed, out_dir=results_dir or out)
+    exp.set_config(recipe=name, fingerprint=recipe.fingerprint(), data=recipe.data, tokenizer=recipe.tokenizer,
+                   model=recipe.model, train=cfg.to_dict() | {"out_dir": None})
+    exp.log(f"recipe {name}: {recipe.summary}")
+    t0 = time.perf_counter()
+    result = pretrain(recipe.model_config(), recipe.data, cfg, tokenizer=recipe.tokenizer, overwrite=overwrite)
+    wall_s = time.perf_counter() - t0
+    train_s = max((r.get("train_s", 0.0) for r in result.history), default=0.0)
+
+    # the whole val split, every token once
+    model = load_model(result.out_dir)
+    tok = load_checkpoint_tokenizer(result.out_dir)
+    corpus = load_corpus(recipe.data, seed=cfg.seed)
+    data = PretrainData.from_tokens(tokenize_corpus(corpus, tok), cfg.val_fraction, cfg.block_size, corpus.source)
+    val = data.val if full else data.val[: 4 * cfg.block_size + 1]  # a smoke run only checks the plumbing
+    exp.log(f"evaluating on {'the whole val split' if full else 'the start of the val split'} ({len(val):,} tokens)")
+    measured = split_loss(model, val, tok, cfg.block_size)
+    val_loss, bpb = measured.loss, measured.bits_per_byte
+    n_params = sum(p.numel() for p in model.parameters())
+    exp.metric("val_loss", val_loss)
+    exp.metric("val_bits_per_byte", bpb)
+    exp.metric("val_tokens", measured.tokens)
+    exp.metric("val_bytes", measured.bytes)
+    exp.metric("bytes_per_token", measured.bytes_per_token)
+    exp.metric("params", n_params)
+    exp.metric("vocab_size", tok.vocab_size)
+    exp.metric("tokens_seen", result.tokens_seen)
+    exp.metric("train_minutes", train_s / 60)
+    exp.metric("wall_minutes", wall_s / 60)
+    exp.metric("tokens_per_s", result.tokens_seen / max(train_s, 1e-9))
+    exp.metric("epochs", result.tokens_seen / len(data.train))
+
+    evals = [r for r in result.history if "val_loss" in r]
+    exp.table("curve", ["step", "train minutes", "train loss (20 batches)", "val loss (20 batches)"],
+              [[r["step"], r["train_s"] / 60, r.get("train_loss"), r["val_loss"]] for r in evals],
+              caption="The loop's progress estimates: 20 fixed random batches per split.")
+    exp.table("summary", ["parameters", "tokens seen", "epochs", "train minutes", "tokens/s", "val loss (whole split)",
+                          "bits per byte"],
+              [[n_params, result.tokens_seen, exp.metrics["epochs"], exp.metrics["train_minutes"],
+                exp.metrics["tokens_per_s"], val_loss, bpb]])
+    if recipe.target_val_loss is not None:
+        exp.finding(f"val loss <= {recipe.target_val_loss} on the whole val split", val_loss <= recipe.target_val_loss,
+                    val_loss=val_loss)
+    exp.finding(f"the run takes <= {recipe.budget_minutes:g} minutes on this machine",
+                wall_s / 60 <= recipe.budget_minutes, wall_minutes=wall_s / 60, cpu_threads=torch.get_num_threads())
+
+    samples = []
+    for i, prompt in enumerate(recipe.prompts):
+        n_new = recipe.sample_tokens if full else 16
+        text = "".join(sample_text(str(result.out_dir), prompt, max_new_tokens=n_new, temperature=0.8, seed=i,
+                                   device="cpu"))
+        samples.append({"prompt": prompt, "seed": i, "temperature": 0.8, "text": text})
+    exp.metric("samples", samples)
+    _plot(exp, recipe, evals, val_loss)
+    exp.save()
+    return exp.result()
+
+
+def _plot(exp: Any, recipe: Recipe, evals: list[dict[str, Any]], val_loss: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    minutes = [r["train_s"] / 60 for r in evals]
+    ax.plot(minutes, [r.get("train_loss") for r in evals], "o-", ms=3, label="train (20 batches)")
+    ax.plot(minutes, [r["val_loss"] for r in evals], "o-", ms=3, label="val (20 batches)")
+    if minutes:
+        ax.plot([minutes[-1]], [val_loss], "k*", ms=11, label=f"val, whole split: {val_loss:.3f}")
+    for i, (label, value) in enumerate(recipe.references.items()):
+        ax.axhline(value, ls=":", color=f"C{i + 3}", label=label)
+    if recipe.target_val_loss is not None:
+        ax.axhline(recipe.target_val_loss, ls="--", color="k", lw=0.8, label=f"target {recipe.target_val_loss}")
+    ax.set_xlabel("training time (minutes, evaluation excluded)")
+    ax.set_ylabel("cross-entropy (nats per token)")
+    ax.set_title(f"recipe {recipe.name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    exp.savefig(fig)

@@ -1,0 +1,77 @@
+"""Recipes: the one-command tiny-model runs. A short run goes through every step (train, whole-split
+evaluation, bits per byte, samples, results JSON); committed results must come from the current recipe."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ENV
+from mmlab.data.registry import get_dataset
+from mmlab.recipes import RECIPES, get_recipe, run_recipe
+from mmlab.train.evaluate import summed_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = ROOT / "modules" / "03-training" / "04-tiny-model"
+
+
+def test_evaluate_split_predicts_every_token_once():
+    class Uniform(torch.nn.Module):
+        def forward(self, x):
+            return type("Out", (), {"logits": torch.zeros(*x.shape, 7)})()
+
+    tokens = torch.randint(0, 7, (1000,))
+    for block in (16, 64, 999, 2000):
+        nats, n = summed_loss(Uniform(), tokens, block, batch_size=5)
+        assert n == 999
+        assert nats / n == pytest.approx(math.log(7))
+
+
+def test_fingerprint_tracks_what_shapes_the_run():
+    r = get_recipe("shakespeare-char")
+    changed = type(r)(**{**r.__dict__, "train": {**r.train, "lr": 1e-3}})
+    assert changed.fingerprint() != r.fingerprint()
+    renamed = type(r)(**{**r.__dict__, "summary": "other words"})
+    assert renamed.fingerprint() == r.fingerprint()
+
+
+def test_unknown_recipe_is_one_line():
+    proc = subprocess.run([sys.executable, "-m", "mmlab.cli", "recipe", "run", "nope"], capture_output=True,
+                          text=True, env=ENV)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"mmlab: error: unknown recipe 'nope'; available: {', '.join(RECIPES)}"]
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_short_recipe_run_measures_and_samples(name, tmp_path, mirror_file, monkeypatch):
+    path = mirror_file(get_dataset(get_recipe(name).data).filename)
+    monkeypatch.setenv("MMLAB_DATA_MIRROR", str(path.parent))
+    monkeypatch.setenv("MMLAB_DATA_DIR", str(tmp_path / "cache"))
+    result = run_recipe(name, str(tmp_path / "run"), max_iters=4)
+    assert result["mode"] == "smoke"
+    m = result["metrics"]
+    assert 0 < m["val_loss"] < math.log(m["vocab_size"]) + 1
+    assert m["val_bits_per_byte"] == pytest.approx(m["val_loss"] / math.log(2) * m["val_tokens"] / m["val_bytes"])
+    assert len(m["samples"]) == len(get_recipe(name).prompts)
+    assert all(s["text"].startswith(s["prompt"]) for s in m["samples"])
+    assert (tmp_path / "run" / f"recipe_{name}.json").is_file()
+    assert (tmp_path / "run" / f"recipe_{name}.png").is_file()
+    # a run folder with recipe results can be overwritten (they are the recipe's own files)
+    run_recipe(name, str(tmp_path / "run"), max_iters=2, overwrite=True)
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_committed_recipe_results_come_from_the_current_recipe(name):
+    path = PROJECT / "results" / f"recipe_{name}.json"
+    assert path.is_file(), f"run `mmlab recipe run {name} --results-dir {path.parent.relative_to(ROOT)}`"
+    result = json.loads(path.read_text())
+    assert result["mode"] == "full"
+    assert result["config"]["fingerprint"] == get_recipe(name).fingerprint(), (
+        f"{path} was produced by another version of the recipe; run it again")
+    for figure in result["figures"]:
+        assert (path.parent / figure).is_file()
