@@ -21,7 +21,7 @@ from mmlab.train.evaluate import split_loss
 
 def main(exp: Experiment) -> None:
     sizes = exp.pick(full=[259, 1024, 6400, 16384], quick=[259, 1024, 6400], smoke=[259, 300])
-    steps = exp.pick(full=600, quick=40, smoke=2)
+    steps = exp.pick(full=450, quick=40, smoke=2)
     block, batch = 128, 16
     train_docs, val_docs = document_splits("tinystories-train-2mib", max_chars=exp.pick(None, 400_000, 60_000))
     if exp.mode != "full":
