@@ -262,3 +262,21 @@ def test_data_cli(mirror_file, isolated, monkeypatch, capsys):
     monkeypatch.setenv("MMLAB_DATA_MIRROR", str(isolated))
     assert main(["data", "verify", "gsm8k-test"]) == 1
     assert "FAILED  gsm8k-test" in capsys.readouterr().out
+
+
+def test_document_splits_and_token_batches(tmp_path):
+    from mmlab.lab.lm import document_splits, token_batches
+    from mmlab.tokenizer.bpe import train_bpe
+
+    stories = tmp_path / "stories.txt"
+    stories.write_text("<|endoftext|>".join(f"Story {i}: the cat sat." for i in range(20)))
+    train, val = document_splits(str(stories), val_fraction=0.1)
+    assert len(train) == 18 and len(val) == 2 and val[-1] == "Story 19: the cat sat."
+    single = tmp_path / "play.txt"
+    single.write_text("x" * 90 + "y" * 10)
+    assert document_splits(str(single)) == (["x" * 90], ["y" * 10])
+    tok = train_bpe(train, vocab_size=270)
+    source = token_batches(tok, train, val, block_size=4, batch_size=2, eval_batches=1)
+    eot = tok.token_to_id("<|endoftext|>")
+    assert source.data.val.tolist().count(eot) == 2  # one after each held-out story
+    assert tok.decode([i for i in source.data.val.tolist() if i != eot]) == "".join(val)

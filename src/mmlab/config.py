@@ -108,7 +108,8 @@ class ModelConfig:
     moe_norm_topk: bool = True  # renormalise the top-k router weights to sum to 1
     residual: bool = True
     tie_embeddings: bool = True
-    dropout: float = 0.0
+    dropout: float = 0.0  # on each sub-layer's output (and on attention weights unless attn_dropout is set)
+    attn_dropout: float | None = None  # on the attention weights; None -> dropout
     bias: bool = False  # biases in the linear layers (Llama and MiniMind have none)
     init_std: float = 0.02
     scaled_residual_init: bool = True  # output projections get std / sqrt(2 * n_layers) (GPT-2)
@@ -136,6 +137,10 @@ class ModelConfig:
     @property
     def gated_ffn(self) -> bool:
         return self.ffn_act in GATED_ACTS
+
+    @property
+    def resolved_attn_dropout(self) -> float:
+        return self.dropout if self.attn_dropout is None else self.attn_dropout
 
     @property
     def resolved_ffn_size(self) -> int:
@@ -197,6 +202,8 @@ class ModelConfig:
             raise ConfigError(f"the FFN would have {self.resolved_ffn_size} hidden units: raise ffn_mult or ffn_size")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.attn_dropout is not None and not 0.0 <= self.attn_dropout < 1.0:
+            raise ConfigError(f"attn_dropout={self.attn_dropout} must be in [0, 1) or null")
         if not self.norm_eps > 0:
             raise ConfigError(f"norm_eps={self.norm_eps} must be positive")
         if not self.init_std > 0:

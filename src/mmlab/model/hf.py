@@ -71,7 +71,7 @@ def to_llama_config_dict(cfg: ModelConfig) -> dict[str, Any]:
         "hidden_act": "silu",
         "attention_bias": False,
         "mlp_bias": False,
-        "attention_dropout": cfg.dropout,
+        "attention_dropout": cfg.resolved_attn_dropout,
         "initializer_range": cfg.init_std,
     }
 
