@@ -23,3 +23,12 @@ def test_pretrain_cpu_benchmark_quick(mirror_file, tmp_path):
         assert 0 < r["mfu_vs_fp32_peak"] < 2 and r["matmul_peak_gflops"]["fp32"] > 0
         losses = list(r["val_loss"].values())
         assert losses and losses[-1] < math.log(65)  # better than a uniform guess after 60 steps
+
+
+def test_recipe_throughput_benchmark_quick():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe_throughput.py"), "--quick"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert [(r["dtype"], r["compile"]) for r in report["results"]] == [("fp32", False), ("bf16", False)]
+    assert all(r["tokens_per_s"] > 0 for r in report["results"])

@@ -435,3 +435,24 @@ def test_sgd_optimizer_trains_and_cannot_resume_an_adamw_run(tmp_path):
     with pytest.raises(MMLabError, match="optimizer='adamw'"):
         TrainConfig.for_resume(tmp_path / "run", optimizer="sgd")
     assert TrainConfig.for_resume(tmp_path / "run", optimizer="adamw").optimizer == "adamw"
+
+
+def test_keep_best_saves_the_weights_of_the_lowest_val_loss(tmp_path):
+    from mmlab.lab.lm import TensorBatches
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 128, (64, 16), generator=g)
+    source = TensorBatches({"train": (x[:48], x[:48].roll(-1, 1)), "val": (x[48:], x[48:].roll(-1, 1))}, 8)
+    # a high learning rate so the val loss goes up and down: the best is rarely the last
+    cfg = small_cfg(tmp_path / "run", max_iters=60, eval_interval=5, lr=3e-2, keep_best=True, warmup_iters=0)
+    torch.manual_seed(0)
+    result = Trainer(MiniMindLM(get_preset("nano")), NextTokenLoss(), source, cfg).fit()
+    evals = {r["step"]: r["val_loss"] for r in result.history if "val_loss" in r}
+    assert result.best_step == min(evals, key=evals.get)
+    best = load_model(tmp_path / "run" / "best")
+    best.eval()
+    with torch.no_grad():
+        total = [NextTokenLoss()(best, b)[:2] for b in source.eval_batches("val")]
+    val = sum(float(s) for s, _ in total) / sum(n for _, n in total)
+    assert val == pytest.approx(evals[result.best_step], rel=1e-5)
+    assert not (tmp_path / "run" / "best.old").exists()

@@ -254,8 +254,10 @@ def _cmd_recipe_run(args: argparse.Namespace) -> int:
 
     recipe = get_recipe(args.name)
     out = args.out or f"runs/{recipe.name}"
+    overrides = {k: v for k, v in (("dtype", args.dtype), ("compile", False if args.no_compile else None))
+                 if v is not None}
     result = run_recipe(recipe.name, out, overwrite=args.overwrite, max_iters=args.max_iters,
-                        results_dir=args.results_dir)
+                        results_dir=args.results_dir, **overrides)
     m = result["metrics"]
     print(f"\n{recipe.name}: val loss {m['val_loss']:.4f} on the whole val split ({m['val_bits_per_byte']:.3f} bits "
           f"per byte) after {m['tokens_seen']:,} tokens in {m['train_minutes']:.1f} min of training "
@@ -466,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iters", type=_positive_int, default=None,
                    help="stop early (a smoke run; its results are marked as such)")
     p.add_argument("--results-dir", default=None, help="where the results JSON and plot go (default: --out)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
+                   help="override the recipe's precision (fp32 on CPUs without fast bf16)")
+    p.add_argument("--no-compile", action="store_true", help="do not torch.compile (no C++ compiler here)")
     p.set_defaults(func=_cmd_recipe_run)
 
     lab = sub.add_parser("lab", help="docs result blocks", description="Maintain the docs' result blocks.")

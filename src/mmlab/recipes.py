@@ -59,12 +59,12 @@ RECIPES: dict[str, Recipe] = {
             data="tinyshakespeare",
             tokenizer="char",
             # attn_dropout=0: attention-weight dropout under torch.compile + bf16 autocast gives NaN
-            # gradients on CPU with torch 2.13 (tests/test_model.py records it); residual dropout is fine
+            # gradients on CPU with torch 2.13; residual dropout is fine
             model=dict(vocab_size=65, hidden_size=256, n_layers=4, n_heads=4, max_seq_len=256, rope_theta=1e4,
                        dropout=0.1, attn_dropout=0.0),
             # bf16 autocast + torch.compile: 2.5x the tokens/s of plain fp32 on this project's CPU (AMX)
             # (benchmarks/recipe_throughput.py); residual dropout costs a share of that, but 1,800 steps are
-            # about 15 epochs of TinyShakespeare and without it the model would memorise;
+            # about 15 epochs of TinyShakespeare, where a model without regularisation can memorise;
             # `mmlab recipe run --dtype fp32 --no-compile` on machines without bf16 units or a compiler
             train=dict(max_iters=1800, batch_size=32, block_size=256, lr=2e-3, min_lr=2e-4, warmup_iters=100,
                        schedule="cosine", weight_decay=0.1, beta2=0.99, grad_clip=1.0, eval_interval=200,
@@ -80,10 +80,12 @@ RECIPES: dict[str, Recipe] = {
             data="tinystories-train-2mib",
             tokenizer="bpe",
             model=dict(vocab_size=2048, hidden_size=256, n_layers=4, n_heads=4, max_seq_len=256, rope_theta=1e4,
-                       dropout=0.1),
-            train=dict(max_iters=3000, batch_size=32, block_size=256, lr=2e-3, min_lr=2e-4, warmup_iters=100,
-                       schedule="cosine", weight_decay=0.1, beta2=0.99, grad_clip=1.0, eval_interval=250,
-                       eval_batches=20, log_interval=25),
+                       dropout=0.1, attn_dropout=0.0),
+            # 2 MiB is about 0.55M tokens: 1,200 steps of 8,192 tokens are ~18 epochs, so the run keeps
+            # the weights of its lowest val loss (keep_best) and is measured and sampled from those
+            train=dict(max_iters=1200, batch_size=32, block_size=256, lr=2e-3, min_lr=2e-4, warmup_iters=100,
+                       schedule="cosine", weight_decay=0.1, beta2=0.99, grad_clip=1.0, eval_interval=100,
+                       eval_batches=20, log_interval=25, dtype="bf16", compile=True, keep_best=True),
             prompts=("Once upon a time", "Tom and Lily went to the park.", "One day, a little bird"),
             sample_tokens=160,
         ),
@@ -98,9 +100,11 @@ def get_recipe(name: str) -> Recipe:
 
 
 def run_recipe(name: str, out: str, overwrite: bool = False, max_iters: int | None = None,
-               results_dir: str | None = None) -> dict[str, Any]:
+               results_dir: str | None = None, **train_overrides: Any) -> dict[str, Any]:
     """Train recipe ``name`` into ``out``, measure it, and write ``<results_dir or out>/recipe_<name>.json``
-    and its plot. ``max_iters`` shortens the run (a smoke test): its results say so (mode ``smoke``)."""
+    and its plot. ``max_iters`` shortens the run (a smoke test) and ``train_overrides`` change TrainConfig
+    fields (e.g. ``dtype="fp32", compile=False`` on a machine without bf16 units): such a run is not the
+    recipe, and its results say so (mode ``smoke``)."""
     from mmlab.data.corpus import load_corpus
     from mmlab.data.pretrain import PretrainData, tokenize_corpus
     from mmlab.infer.sample import sample_text
@@ -110,12 +114,12 @@ def run_recipe(name: str, out: str, overwrite: bool = False, max_iters: int | No
     from mmlab.train.pretrain import pretrain
 
     recipe = get_recipe(name)
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {k: v for k, v in train_overrides.items() if recipe.train.get(k) != v}
     if max_iters is not None:
-        overrides = {"max_iters": max_iters, "eval_interval": max(1, min(max_iters, recipe.train["eval_interval"])),
+        overrides |= {"max_iters": max_iters, "eval_interval": max(1, min(max_iters, recipe.train["eval_interval"])),
                      "warmup_iters": min(recipe.train["warmup_iters"], max_iters // 2)}
     cfg = recipe.train_config(out, **overrides)
-    full = max_iters is None or max_iters >= recipe.train["max_iters"]
+    full = (max_iters is None or max_iters >= recipe.train["max_iters"]) and not (set(overrides) - {"max_iters"})
     exp = Experiment(f"recipe_{name}", f"What does the {name} recipe reach in {recipe.budget_minutes:g} minutes?",
                      mode="full" if full else "smoke", seed=cfg.seed, out_dir=results_dir or out)
     exp.set_config(recipe=name, fingerprint=recipe.fingerprint(), data=recipe.data, tokenizer=recipe.tokenizer,
@@ -126,9 +130,11 @@ def run_recipe(name: str, out: str, overwrite: bool = False, max_iters: int | No
     wall_s = time.perf_counter() - t0
     train_s = max((r.get("train_s", 0.0) for r in result.history), default=0.0)
 
-    # the whole val split, every token once
-    model = load_model(result.out_dir)
-    tok = load_checkpoint_tokenizer(result.out_dir)
+    # the whole val split, every token once; with keep_best, the weights of the lowest val loss
+    weights = result.out_dir / "best" if cfg.keep_best else result.out_dir / "ckpt"
+    model = load_model(weights)
+    tok = load_checkpoint_tokenizer(weights)
+    exp.metric("evaluated_step", result.best_step if cfg.keep_best else result.steps)
     corpus = load_corpus(recipe.data, seed=cfg.seed)
     data = PretrainData.from_tokens(tokenize_corpus(corpus, tok), cfg.val_fraction, cfg.block_size, corpus.source)
     val = data.val if full else data.val[: 4 * cfg.block_size + 1]  # a smoke run only checks the plumbing
@@ -153,10 +159,10 @@ def run_recipe(name: str, out: str, overwrite: bool = False, max_iters: int | No
     exp.table("curve", ["step", "train minutes", "train loss (20 batches)", "val loss (20 batches)"],
               [[r["step"], r["train_s"] / 60, r.get("train_loss"), r["val_loss"]] for r in evals],
               caption="The loop's progress estimates: 20 fixed random batches per split.")
-    exp.table("summary", ["parameters", "tokens seen", "epochs", "train minutes", "tokens/s", "val loss (whole split)",
-                          "bits per byte"],
+    exp.table("summary", ["parameters", "tokens seen", "epochs", "train minutes", "tokens/s", "weights of step",
+                          "val loss (whole split)", "bits per byte"],
               [[n_params, result.tokens_seen, exp.metrics["epochs"], exp.metrics["train_minutes"],
-                exp.metrics["tokens_per_s"], val_loss, bpb]])
+                exp.metrics["tokens_per_s"], exp.metrics["evaluated_step"], val_loss, bpb]])
     if recipe.target_val_loss is not None:
         exp.finding(f"val loss <= {recipe.target_val_loss} on the whole val split", val_loss <= recipe.target_val_loss,
                     val_loss=val_loss)
@@ -166,7 +172,7 @@ def run_recipe(name: str, out: str, overwrite: bool = False, max_iters: int | No
     samples = []
     for i, prompt in enumerate(recipe.prompts):
         n_new = recipe.sample_tokens if full else 16
-        text = "".join(sample_text(str(result.out_dir), prompt, max_new_tokens=n_new, temperature=0.8, seed=i,
+        text = "".join(sample_text(str(weights), prompt, max_new_tokens=n_new, temperature=0.8, seed=i,
                                    device="cpu"))
         samples.append({"prompt": prompt, "seed": i, "temperature": 0.8, "text": text})
     exp.metric("samples", samples)

@@ -45,6 +45,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     progress: bool = True  # a progress bar on a terminal, log lines otherwise
     save_checkpoints: bool = True  # experiments that only need the losses turn this off
+    keep_best: bool = False  # also keep the weights with the lowest val loss so far in <out_dir>/best
     plot: bool = True  # write loss.png at the end
 
     def __post_init__(self) -> None:

@@ -49,7 +49,7 @@ class PretrainBatches:
         return self._eval.get(split, [])
 
 
-RUN_FILES = ("ckpt", "ckpt.old", "metrics.jsonl", "train_config.json", "loss.png")
+RUN_FILES = ("ckpt", "ckpt.old", "best", "best.old", "metrics.jsonl", "train_config.json", "loss.png")
 
 
 def clear_run(out: Path) -> None:

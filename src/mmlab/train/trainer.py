@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -90,6 +91,7 @@ class TrainResult:
     elapsed_s: float  # wall time of fit(), evaluation and checkpoints included
     tokens_seen: int
     out_dir: Path
+    best_step: int | None = None  # the evaluation with the lowest val loss (its weights: out_dir/best with keep_best)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -206,6 +208,18 @@ class Trainer:
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
             self.history = kept
 
+    def _best_val(self) -> float:
+        """The lowest val loss logged before the latest evaluation (the history includes a resumed run's)."""
+        evals = [r["val_loss"] for r in self.history if "val_loss" in r]
+        return min(evals[:-1], default=math.inf)
+
+    def save_best(self) -> None:
+        if self.dist.is_main:
+            best = self.out / "best"
+            save_checkpoint(best, self.model, self.tokenizer)
+            shutil.rmtree(best.with_name("best.old"), ignore_errors=True)  # only the best is worth keeping
+        self.dist.barrier()
+
     def save(self) -> None:
         if self.dist.is_main:
             save_checkpoint(self.ckpt_path, self.model, self.tokenizer, self.state_dict())
@@ -319,6 +333,9 @@ class Trainer:
                               "train_s": t_pause - t0 - overhead}
                     self._log(record)
                     bar.message(_format_eval(record))
+                    if cfg.keep_best and record.get("val_loss", math.inf) < self._best_val():
+                        self.save_best()
+                        bar.message(f"step {self.step}: lowest val loss so far; saved {self.out / 'best'}")
                 if cfg.save_checkpoints and (self.step % cfg.resolved_ckpt_interval == 0 or is_last):
                     self.save()
                     bar.message(f"step {self.step}: saved checkpoint {self.ckpt_path}")
@@ -332,6 +349,7 @@ class Trainer:
 
                 plot_losses(self.history, self.out / "loss.png", title=self.out.name)
         evals = [r for r in self.history if "val_loss" in r]
+        best = min(evals, key=lambda r: r["val_loss"]) if evals else None
         return TrainResult(
             steps=self.step - start_step,
             final_train_loss=last_train,
@@ -341,6 +359,7 @@ class Trainer:
             tokens_seen=tokens_seen,
             out_dir=self.out,
             history=self.history,
+            best_step=best["step"] if best else None,
         )
 
 

@@ -1,0 +1,161 @@
+"""Supervised fine-tuning data: records -> conversations -> (ids, loss mask) -> padded or packed batches.
+
+* ``conversation_from_record`` reads the formats the registry holds: Alpaca-style
+  ``{instruction, input, output}`` and chat-style ``{messages: [{role, content}, ...]}``; a malformed
+  record is an error naming the file and the record.
+* ``encode_examples`` applies the ChatML template (``mmlab.tokenizer.chat.encode_chat``): ids, and a
+  mask that is 1 on the tokens the model must produce (assistant content and its ``<|im_end|>``).
+* Two ways to batch them, measured against each other in the data lesson:
+  ``pad_batch`` (one conversation per row, padded to the longest row) and ``pack_examples``
+  (conversations laid end to end in rows of exactly ``block_size`` tokens).
+  Targets are the next token where the mask is 1 and ``IGNORE_INDEX`` elsewhere, so the loss counts
+  only what the assistant says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmlab.data.corpus import iter_jsonl, read_json
+from mmlab.data.registry import DataError
+from mmlab.model.lm import IGNORE_INDEX
+from mmlab.tokenizer.base import Tokenizer, TokenizerError
+from mmlab.tokenizer.chat import encode_chat
+
+Messages = list[dict[str, str]]
+
+
+def conversation_from_record(record: Any, where: str) -> Messages:
+    """One record as chat messages. ``where`` ("file:line" or "file[i]") goes into every error."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise DataError(f"{where}: 'messages' must be a list of {{role, content}} objects")
+        return messages
+    missing = [k for k in ("instruction", "output") if not isinstance(record.get(k), str)]
+    if missing:
+        raise DataError(f"{where}: no string field {missing[0]!r} (expected Alpaca-style instruction/input/output "
+                        "or chat-style messages)")
+    extra = record.get("input") or ""
+    if not isinstance(extra, str):
+        raise DataError(f"{where}: field 'input' must be a string")
+    prompt = record["instruction"] + (f"\n\n{extra}" if extra.strip() else "")
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
+
+
+def load_conversations(path: str | Path) -> list[Messages]:
+    """Conversations of a ``.json`` list or a ``.jsonl`` file of records."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return [conversation_from_record(r, f"{path}:{n}") for n, r in iter_jsonl(path, with_lines=True)]
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return [conversation_from_record(r, f"{path}[{i}]") for i, r in enumerate(data)]
+
+
+@dataclass(frozen=True)
+class Example:
+    ids: list[int]
+    mask: list[int]  # 1 where the token is a target (the assistant produces it)
+
+
+def encode_examples(tokenizer: Tokenizer, conversations: Sequence[Messages], max_len: int | None = None,
+                    source: str = "conversation") -> list[Example]:
+    """Template and tokenize; conversations longer than ``max_len`` tokens are cut (and kept only if
+    a target token survives the cut)."""
+    out = []
+    for i, conv in enumerate(conversations):
+        try:
+            ids, mask = encode_chat(tokenizer, conv)
+        except TokenizerError as e:
+            raise DataError(f"{source} {i}: {e}") from None
+        if max_len is not None:
+            ids, mask = ids[:max_len], mask[:max_len]
+        if any(mask[1:]):
+            out.append(Example(ids, mask))
+    return out
+
+
+def targets_of(ids: list[int], mask: list[int], train_on_prompt: bool = False) -> list[int]:
+    """The next-token targets of one row: ids[t + 1] where token t + 1 is a target, else IGNORE_INDEX.
+    ``train_on_prompt`` makes every next token a target (the mistake the data lesson measures)."""
+    return [ids[t + 1] if (train_on_prompt or mask[t + 1]) else IGNORE_INDEX for t in range(len(ids) - 1)]
+
+
+def pad_batch(examples: Sequence[Example], pad_id: int,
+              train_on_prompt: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One example per row, right-padded to the longest: x (B, T), y (B, T) with IGNORE_INDEX on
+    padding (and on prompt tokens unless ``train_on_prompt``)."""
+    width = max(len(e.ids) for e in examples) - 1
+    x = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    y = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.ids) - 1
+        x[row, :n] = torch.tensor(e.ids[:-1])
+        y[row, :n] = torch.tensor(targets_of(e.ids, e.mask, train_on_prompt))
+    return x, y
+
+
+def pack_examples(examples: Sequence[Example], block_size: int, pad_id: int,
+                  train_on_prompt: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Examples laid end to end and cut into rows of ``block_size`` inputs (the last row padded).
+    An example may straddle two rows, and a row's attention spans the examples in it (no
+    per-document mask): the usual trade of packing, stated in the data lesson."""
+    ids: list[int] = []
+    targets: list[int] = []
+    for e in examples:
+        ids += e.ids[:-1]
+        targets += targets_of(e.ids, e.mask, train_on_prompt)
+    n_rows = -(-len(ids) // block_size)
+    x = torch.full((n_rows, block_size), pad_id, dtype=torch.long)
+    y = torch.full((n_rows, block_size), IGNORE_INDEX, dtype=torch.long)
+    flat_x, flat_y = torch.tensor(ids), torch.tensor(targets)
+    x.view(-1)[: len(ids)] = flat_x
+    y.view(-1)[: len(ids)] = flat_y
+    return x, y
+
+
+def padding_share(x_rows: int, width: int, real_tokens: int) -> float:
+    """The share of a batch's positions that hold padding."""
+    return 1 - real_tokens / (x_rows * width)
+
+
+class SFTBatches:
+    """A BatchSource over encoded examples: ``mode="pad"`` draws examples and pads them per batch;
+    ``mode="pack"`` draws rows of the packed stream. Evaluation uses every val example once."""
+
+    def __init__(self, train: Sequence[Example], val: Sequence[Example], pad_id: int, mode: str = "pad",
+                 block_size: int = 256, eval_batch_size: int = 16, train_on_prompt: bool = False):
+        if mode not in ("pad", "pack"):
+            raise ValueError(f"mode={mode!r}")
+        if not train:
+            raise DataError("no training examples (every conversation was empty or cut away)")
+        self.train, self.val, self.pad_id, self.mode = list(train), list(val), pad_id, mode
+        self.train_on_prompt = train_on_prompt
+        if mode == "pack":
+            self.packed = pack_examples(self.train, block_size, pad_id, train_on_prompt)
+        # val: always padded per example and never trained on the prompt, so every variant is measured alike
+        self._eval = [pad_batch(self.val[i:i + eval_batch_size], pad_id)
+                      for i in range(0, len(self.val), eval_batch_size)]
+
+    def sample(self, split: str, rows: int, generator: torch.Generator):
+        if self.mode == "pack":
+            x, y = self.packed
+            i = torch.randint(len(x), (rows,), generator=generator)
+            return x[i], y[i]
+        i = torch.randint(len(self.train), (rows,), generator=generator).tolist()
+        return pad_batch([self.train[j] for j in i], self.pad_id, self.train_on_prompt)
+
+    def slice_rows(self, batch, start: int, stop: int):
+        return tuple(t[start:stop] for t in batch)
+
+    def eval_batches(self, split: str):
+        return self._eval if split == "val" else []

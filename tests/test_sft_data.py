@@ -1,0 +1,80 @@
+"""SFT data: record formats with clear errors, the loss mask, padding vs packing."""
+
+import json
+
+import pytest
+import torch
+
+from mmlab.data.registry import DataError
+from mmlab.data.sft import (
+    SFTBatches,
+    conversation_from_record,
+    encode_examples,
+    load_conversations,
+    pack_examples,
+    pad_batch,
+    targets_of,
+)
+from mmlab.model.lm import IGNORE_INDEX
+from mmlab.tokenizer.bpe import train_bpe
+from mmlab.tokenizer.chat import encode_chat
+
+CONVS = [[{"role": "user", "content": f"What is {i} plus {i}?"}, {"role": "assistant", "content": f"{2 * i}."}]
+         for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_bpe(["What is 3 plus 4? It is 7. " * 20], vocab_size=300)
+
+
+def test_records_in_both_formats_and_errors_name_the_record(tmp_path):
+    alpaca = {"instruction": "Fix the spelling.", "input": "freind", "output": "friend"}
+    assert conversation_from_record(alpaca, "f[0]") == [
+        {"role": "user", "content": "Fix the spelling.\n\nfreind"}, {"role": "assistant", "content": "friend"}]
+    assert conversation_from_record({**alpaca, "input": ""}, "f[0]")[0]["content"] == "Fix the spelling."
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([alpaca, {"instruction": "Say hi."}]))
+    with pytest.raises(DataError, match=r"data.json\[1\]: no string field 'output'"):
+        load_conversations(path)
+    jsonl = tmp_path / "chat.jsonl"
+    jsonl.write_text(json.dumps({"messages": CONVS[0]}) + "\n" + json.dumps({"messages": "hi"}) + "\n")
+    with pytest.raises(DataError, match=r"chat.jsonl:2: 'messages' must be a list"):
+        load_conversations(jsonl)
+
+
+def test_targets_are_exactly_the_assistant_tokens(tok):
+    (ex,) = encode_examples(tok, CONVS[3:4])
+    ids, mask = encode_chat(tok, CONVS[3])
+    assert ex.ids == ids and ex.mask == mask
+    y = targets_of(ex.ids, ex.mask)
+    predicted = [ex.ids[t + 1] for t, v in enumerate(y) if v != IGNORE_INDEX]
+    assert tok.decode(predicted) == "6.<|im_end|>"
+    assert all(v != IGNORE_INDEX for v in targets_of(ex.ids, ex.mask, train_on_prompt=True))
+
+
+def test_padding_and_packing_keep_the_same_targets(tok):
+    examples = encode_examples(tok, CONVS)
+    x, y = pad_batch(examples, pad_id=0)
+    assert x.shape == (12, max(len(e.ids) for e in examples) - 1)
+    px, py = pack_examples(examples, block_size=32, pad_id=0)
+    assert px.shape[1] == 32
+    # the same multiset of (input, target) pairs where a target exists
+    def pairs(a, b):
+        keep = b != IGNORE_INDEX
+        return sorted(zip(a[keep].tolist(), b[keep].tolist(), strict=True))
+    assert pairs(x, y) == pairs(px, py)
+    # packing wastes at most the last row's tail; padding wastes the gap to the longest example
+    assert (py == IGNORE_INDEX).sum() <= (y == IGNORE_INDEX).sum()
+
+
+def test_sft_batches_sample_both_modes(tok):
+    examples = encode_examples(tok, CONVS)
+    g = torch.Generator().manual_seed(0)
+    for mode in ("pad", "pack"):
+        source = SFTBatches(examples[:10], examples[10:], pad_id=0, mode=mode, block_size=32, eval_batch_size=4)
+        x, y = source.sample("train", 3, g)
+        assert x.shape[0] == 3 and x.shape == y.shape
+        assert len(source.eval_batches("val")) == 1 and source.eval_batches("train") == []
+    with pytest.raises(DataError, match="no training examples"):
+        SFTBatches([], examples, pad_id=0)
