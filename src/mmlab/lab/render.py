@@ -2,7 +2,7 @@
 
     <!-- mmlab:result exp2_norm_comparison -->            the findings, as a table
     <!-- mmlab:result exp2_norm_comparison table=final --> a table the experiment recorded
-    <!-- mmlab:result recipe_shakespeare-char text=samples --> a metric's list of {"prompt", "text", ...}
+    <!-- mmlab:result recipe_shakespeare-char text=samples --> a metric's list of {"prompt" or "title", "text"}
                                                             as text blocks (generated samples)
     ... generated text ...
     <!-- /mmlab:result -->
@@ -70,8 +70,8 @@ def render_samples(result: dict[str, Any], key: str, source: Path) -> str:
     parts = []
     for s in samples:
         about = ", ".join(f"{k} {s[k]}" for k in ("seed", "temperature") if k in s)
-        parts.append(f"Prompt `{s.get('prompt', '')!r}`{' (' + about + ')' if about else ''}:\n\n"
-                     f"```text\n{s['text'].rstrip()}\n```\n")
+        head = f"**{s['title']}**" if "title" in s else f"Prompt `{s.get('prompt', '')!r}`"
+        parts.append(f"{head}{' (' + about + ')' if about else ''}:\n\n```text\n{s['text'].rstrip()}\n```\n")
     return "\n".join(parts)
 
 

@@ -78,11 +78,11 @@ def main(exp: Experiment) -> None:
     first = examples[0]
     pref = pref_records[0]
     exp.metric("examples", [
-        {"prompt": "pretraining (every token is a target)", "text": stories[0][:400]},
-        {"prompt": "SFT, templated ([[ ]] = trained on)", "text": marked(tok, first.ids, first.mask)},
-        {"prompt": "preference pair", "text": f"PROMPT: {pref['instruction']}\n{pref['input']}\n\nCHOSEN: "
+        {"title": "pretraining (every token is a target)", "text": stories[0][:400]},
+        {"title": "SFT, templated ([[ ]] = trained on)", "text": marked(tok, first.ids, first.mask)},
+        {"title": "preference pair", "text": f"PROMPT: {pref['instruction']}\n{pref['input']}\n\nCHOSEN: "
                                               f"{pref['chosen']}\n\nREJECTED: {pref['rejected']}"},
-        {"prompt": "RL prompt with a verifiable answer",
+        {"title": "RL prompt with a verifiable answer",
          "text": f"QUESTION: {math_items[0].question}\n\nREFERENCE ANSWER: {math_items[0].answer}"},
     ])
     exp.metric("sft_target_share", sft_targets)

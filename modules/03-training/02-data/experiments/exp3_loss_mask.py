@@ -38,7 +38,7 @@ def main(exp: Experiment) -> None:
             stopped += im_end in out
             if i < 2:
                 text = tok.decode(out[: out.index(im_end) + 1] if im_end in out else out)
-                samples.append({"prompt": f"{name}: {conv[0]['content'][:80]}", "text": text})
+                samples.append({"title": f"{name}, held-out prompt: {conv[0]['content'][:80]!r}", "text": text})
         runs[name] = {"final_val_loss": r["final_val_loss"], "val_curve": r["val_curve"],
                       "stop_rate": stopped / n_prompts}
         exp.log(f"{name}: answer val loss {r['final_val_loss']:.3f}, ends with <|im_end|> in {stopped}/{n_prompts}")
