@@ -176,23 +176,27 @@ def run_recipe(name: str, out: str, overwrite: bool = False, max_iters: int | No
                                    device="cpu"))
         samples.append({"prompt": prompt, "seed": i, "temperature": 0.8, "text": text})
     exp.metric("samples", samples)
-    _plot(exp, recipe, evals, val_loss)
+    exp.savefig(plot_recipe(recipe, exp.tables["curve"]["rows"], val_loss, exp.metrics["evaluated_step"]))
     exp.save()
     return exp.result()
 
 
-def _plot(exp: Any, recipe: Recipe, evals: list[dict[str, Any]], val_loss: float) -> None:
+def plot_recipe(recipe: Recipe, curve: list[list[Any]], val_loss: float, evaluated_step: int | None) -> Any:
+    """The loss curves against training time, the whole-split val loss at the step whose weights were
+    measured, the references and the target. ``curve``: rows of the results' ``curve`` table."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    minutes = [r["train_s"] / 60 for r in evals]
-    ax.plot(minutes, [r.get("train_loss") for r in evals], "o-", ms=3, label="train (20 batches)")
-    ax.plot(minutes, [r["val_loss"] for r in evals], "o-", ms=3, label="val (20 batches)")
-    if minutes:
-        ax.plot([minutes[-1]], [val_loss], "k*", ms=11, label=f"val, whole split: {val_loss:.3f}")
+    minutes = [row[1] for row in curve]
+    ax.plot(minutes, [row[2] for row in curve], "o-", ms=3, label="train (20 batches)")
+    ax.plot(minutes, [row[3] for row in curve], "o-", ms=3, label="val (20 batches)")
+    at = next((row[1] for row in curve if row[0] == evaluated_step), minutes[-1] if minutes else None)
+    if at is not None:
+        ax.plot([at], [val_loss], "k*", ms=11,
+                label=f"val, whole split: {val_loss:.3f} (weights of step {evaluated_step or curve[-1][0]})")
     for i, (label, value) in enumerate(recipe.references.items()):
         ax.axhline(value, ls=":", color=f"C{i + 3}", label=label)
     if recipe.target_val_loss is not None:
@@ -202,4 +206,4 @@ def _plot(exp: Any, recipe: Recipe, evals: list[dict[str, Any]], val_loss: float
     ax.set_title(f"recipe {recipe.name}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    exp.savefig(fig)
+    return fig
