@@ -43,7 +43,7 @@ def summed_loss(model: torch.nn.Module, tokens: torch.Tensor, block_size: int,
     non-overlapping windows of ``block_size`` (a shorter last window included)."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device
     n = len(tokens)
     starts = list(range(0, n - 1, block_size))
     full = [s for s in starts if s + block_size + 1 <= n]
