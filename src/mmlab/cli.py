@@ -259,7 +259,8 @@ def _cmd_recipe_run(args: argparse.Namespace) -> int:
     result = run_recipe(recipe.name, out, overwrite=args.overwrite, max_iters=args.max_iters,
                         results_dir=args.results_dir, **overrides)
     m = result["metrics"]
-    print(f"\n{recipe.name}: val loss {m['val_loss']:.4f} on the whole val split ({m['val_bits_per_byte']:.3f} bits "
+    split = "the whole val split" if result["mode"] == "full" else "the start of the val split (shortened run)"
+    print(f"\n{recipe.name}: val loss {m['val_loss']:.4f} on {split} ({m['val_bits_per_byte']:.3f} bits "
           f"per byte) after {m['tokens_seen']:,} tokens in {m['train_minutes']:.1f} min of training "
           f"({m['wall_minutes']:.1f} min in all, {m['tokens_per_s']:,.0f} tokens/s)")
     for f in result["findings"]:
@@ -267,7 +268,8 @@ def _cmd_recipe_run(args: argparse.Namespace) -> int:
     for s in m["samples"]:
         print(f"\n--- sample (seed {s['seed']}, temperature {s['temperature']}) ---\n{s['text']}")
     where = args.results_dir or out
-    print(f"\nresults: {where}/{result['experiment']}.json   checkpoint: {out}/ckpt")
+    print(f"\nresults: {where}/{result['experiment']}.json   measured weights: {out}/{m['weights']} "
+          f"(step {m['evaluated_step']}); last checkpoint: {out}/ckpt")
     return 0
 
 
@@ -387,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-decay-iters", type=_positive_int,
                    help="step where the decay reaches min_lr (default: max_iters; on --resume, the run's own)")
     p.add_argument("--schedule", choices=["cosine", "constant", "wsd"])
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], help="adamw (default) or sgd with momentum")
+    p.add_argument("--optimizer", choices=["adamw", "sgd", "muon"],
+                   help="adamw (default), sgd with momentum, or muon (hidden matrices; AdamW for the rest)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])

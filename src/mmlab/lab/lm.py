@@ -88,11 +88,17 @@ def train_lm(
     device: str = "cpu",
     grad_clip: float = 1.0,
     source: Any = None,
+    param_dtype: torch.dtype | None = None,
+    eval_rows: int | None = None,
     **train_overrides: Any,
 ) -> dict[str, Any]:
     """Train ``cfg`` for ``steps`` and report losses. A run *diverges* when its loss or gradient
     becomes NaN/inf (the loop stops there) or when it ends no better than a uniform guess.
     ``source``: a BatchSource other than TinyShakespeare (e.g. ``TensorBatches`` of a synthetic task).
+    ``param_dtype``: store the weights (and so the optimizer state) in this dtype, e.g. bfloat16 without
+    an fp32 master copy (what mixed precision avoids).
+    ``eval_rows``: rows per evaluation batch (default ``batch_size``); fix it to compare runs of different
+    batch sizes on the same held-out windows.
     ``train_overrides``: other TrainConfig fields (``schedule``, ``optimizer``, ``grad_accum``, ...)."""
     block = block_size or cfg.max_seq_len
     warmup = min(100, steps // 10) if warmup is None else warmup
@@ -104,7 +110,9 @@ def train_lm(
                            save_checkpoints=False, plot=False, **train_overrides)
         torch.manual_seed(seed)
         model = MiniMindLM(cfg)
-        source = source if source is not None else batches(block, batch_size, eval_batches)
+        if param_dtype is not None:
+            model = model.to(param_dtype)
+        source = source if source is not None else batches(block, eval_rows or batch_size, eval_batches)
         trainer = Trainer(model, NextTokenLoss(), source, tcfg)
         diverged_at = None
         try:

@@ -13,7 +13,7 @@ from mmlab.errors import ConfigError
 
 SCHEDULES = ("cosine", "constant", "wsd")
 DTYPES = ("fp32", "bf16", "fp16")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "muon")
 
 
 @dataclass
@@ -29,7 +29,8 @@ class TrainConfig:
     lr_decay_iters: int | None = None  # None -> max_iters
     schedule: str = "cosine"  # cosine | constant (after warmup) | wsd (warmup-stable-decay)
     decay_fraction: float = 0.2  # wsd: the last fraction of steps decays linearly to min_lr
-    optimizer: str = "adamw"  # adamw | sgd (momentum beta1, Nesterov; weight decay as L2 on matrices)
+    optimizer: str = "adamw"  # adamw | sgd (momentum beta1, Nesterov; weight decay as L2 on matrices) | muon
+    muon_momentum: float = 0.95  # muon: momentum of the hidden matrices (the rest uses AdamW's betas)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -72,10 +73,16 @@ class TrainConfig:
             raise ConfigError(f"dtype={self.dtype!r} is not one of: {', '.join(DTYPES)}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction={self.val_fraction} must be in [0, 1)")
-        for name in ("lr", "grad_clip", "weight_decay", "beta1", "beta2", "val_fraction", "decay_fraction"):
+        for name in ("lr", "grad_clip", "weight_decay", "beta1", "beta2", "val_fraction", "decay_fraction",
+                     "muon_momentum"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name}={value!r} must be a finite number")
+        for name in ("beta1", "beta2", "muon_momentum"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
+        if not 0 < self.decay_fraction <= 1:
+            raise ConfigError(f"decay_fraction={self.decay_fraction} must be in (0, 1]")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("grad_clip and weight_decay must be >= 0")
         if not 0 <= self.seed < 2**63:

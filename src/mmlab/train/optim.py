@@ -1,4 +1,4 @@
-"""AdamW (or SGD, for comparison) with weight decay on matrices only, and the learning-rate schedules."""
+"""AdamW (or SGD or Muon, for comparison) with weight decay on matrices only, and the learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mmlab.train.config import TrainConfig
+from mmlab.train.muon import MuonAdamW
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -20,6 +21,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "muon":
+        return build_muon(model, cfg)
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         # the pretraining lesson's baseline: one learning rate for every parameter, momentum, no
@@ -32,6 +35,24 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, foreach=True, **kwargs)
+
+
+def build_muon(model: nn.Module, cfg: TrainConfig) -> MuonAdamW:
+    """Muon for the 2-D matrices inside the blocks (attention and FFN projections); AdamW for the
+    embedding, the output layer and the norm gains (decay on matrices only, as above)."""
+    hidden, other_matrices, vectors = [], [], []
+    for name, p in model.named_parameters():  # unique: a tied matrix appears once
+        if not p.requires_grad:
+            continue
+        if p.dim() == 2 and name.startswith("blocks."):
+            hidden.append(p)
+        else:
+            (other_matrices if p.dim() >= 2 else vectors).append(p)
+    groups = [{"params": hidden, "use_muon": True, "weight_decay": cfg.weight_decay},
+              {"params": other_matrices, "weight_decay": cfg.weight_decay},
+              {"params": vectors, "weight_decay": 0.0}]
+    return MuonAdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                     momentum=cfg.muon_momentum)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
