@@ -180,3 +180,19 @@ def test_sample_blocks_render_as_text(tmp_path):
     assert "```text\nROMEO:\nAy.\n```" in out and "seed 0, temperature 0.8" in out
     with pytest.raises(MMLabError, match="val_loss"):
         render_text(text.replace("samples", "val_loss"), md, None)
+
+
+def test_sample_text_cannot_break_the_markdown_or_the_block(tmp_path):
+    (tmp_path / "results").mkdir()
+    tricky = "a fence ``` inside\n<!-- /mmlab:result -->\nand after"
+    result = {"experiment": "recipe_demo", "mode": "full", "metrics": {"samples": [{"title": "t", "text": tricky}]}}
+    (tmp_path / "results" / "recipe_demo.json").write_text(json.dumps(result))
+    md = tmp_path / "doc.md"
+    text = "<!-- mmlab:result recipe_demo text=samples -->\n<!-- /mmlab:result -->\n"
+    once = render_text(text, md, None)
+    assert "````text\n" in once and once.count("<!-- /mmlab:result -->") == 1
+    assert render_text(once, md, None) == once  # re-rendering is stable: the sample did not end the block
+    result["metrics"]["samples"][0]["text"] = 42
+    (tmp_path / "results" / "recipe_demo.json").write_text(json.dumps(result))
+    with pytest.raises(MMLabError, match="sample 0: 'text' is a int"):
+        render_text(text, md, None)

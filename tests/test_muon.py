@@ -65,3 +65,29 @@ def test_muon_refuses_non_matrices_and_bad_momentum():
         TrainConfig(optimizer="muon", muon_momentum=1.0)
     with pytest.raises(ConfigError, match="beta2"):
         TrainConfig(beta2=1.5)
+
+
+def test_muon_run_resumes_bit_identically(tmp_path):
+    """10 steps in one go == 5 steps, a checkpoint, and 5 more: Muon's state is saved and restored."""
+    from mmlab.config import get_preset
+    from mmlab.lab.lm import TensorBatches
+    from mmlab.train.trainer import NextTokenLoss, Trainer
+
+    x = torch.randint(0, 128, (32, 17), generator=torch.Generator().manual_seed(0))
+    source = TensorBatches({"train": (x[:, :-1], x[:, 1:]), "val": (x[:8, :-1], x[:8, 1:])}, 8)
+
+    def cfg(out, steps):
+        return TrainConfig(out_dir=str(out), max_iters=steps, batch_size=4, eval_interval=5, eval_batches=1,
+                           log_interval=5, warmup_iters=2, lr=1e-2, lr_decay_iters=10, optimizer="muon",
+                           progress=False, plot=False,
+                           device="cpu")
+
+    torch.manual_seed(0)
+    straight = MiniMindLM(get_preset("nano"))
+    Trainer(straight, NextTokenLoss(), source, cfg(tmp_path / "a", 10)).fit()
+    torch.manual_seed(0)
+    Trainer(MiniMindLM(get_preset("nano")), NextTokenLoss(), source, cfg(tmp_path / "b", 5)).fit()
+    resumed = MiniMindLM(get_preset("nano"))
+    Trainer(resumed, NextTokenLoss(), source, TrainConfig.for_resume(tmp_path / "b", max_iters=10), resume=True).fit()
+    for (name, a), b in zip(straight.named_parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b), name

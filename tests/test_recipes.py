@@ -12,7 +12,8 @@ import torch
 
 from conftest import ENV
 from mmlab.data.registry import get_dataset
-from mmlab.recipes import RECIPES, get_recipe, run_recipe
+from mmlab.errors import MMLabError
+from mmlab.recipes import RECIPES, get_recipe, recipe_overrides, run_recipe
 from mmlab.train.evaluate import summed_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,8 +65,23 @@ def test_short_recipe_run_measures_and_samples(name, tmp_path, mirror_file, monk
     assert all(s["text"].startswith(s["prompt"]) for s in m["samples"])
     assert (tmp_path / "run" / f"recipe_{name}.json").is_file()
     assert (tmp_path / "run" / f"recipe_{name}.png").is_file()
+    assert m["weights"] in ("best", "ckpt") and "whole val split" not in result["findings"][0]["claim"]
+    # an existing run is refused at once (before the tokenizer is trained), naming --overwrite
+    with pytest.raises(MMLabError, match="already holds a run .*pass --overwrite"):
+        run_recipe(name, str(tmp_path / "run"), max_iters=2, dtype="fp32", compile=False)
     # a run folder with recipe results can be overwritten (they are the recipe's own files)
     run_recipe(name, str(tmp_path / "run"), max_iters=2, overwrite=True, dtype="fp32", compile=False)
+
+
+def test_a_run_is_the_recipe_only_when_nothing_differs():
+    recipe = get_recipe("shakespeare-char")
+    steps = recipe.train["max_iters"]
+    assert recipe_overrides(recipe) == {}
+    assert recipe_overrides(recipe, max_iters=steps) == {}  # the recipe's own length is the recipe
+    assert recipe_overrides(recipe, dtype=recipe.train.get("dtype")) == {}
+    assert set(recipe_overrides(recipe, max_iters=steps // 2)) >= {"max_iters"}
+    assert set(recipe_overrides(recipe, max_iters=2 * steps)) >= {"max_iters"}  # longer is not the recipe either
+    assert recipe_overrides(recipe, dtype="fp32" if recipe.train.get("dtype") != "fp32" else "bf16")
 
 
 @pytest.mark.parametrize("name", list(RECIPES))

@@ -78,3 +78,40 @@ def test_sft_batches_sample_both_modes(tok):
         assert len(source.eval_batches("val")) == 1 and source.eval_batches("train") == []
     with pytest.raises(DataError, match="no training examples"):
         SFTBatches([], examples, pad_id=0)
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"messages": [{"role": "robot", "content": "hi"}]}, r"f\[3\]: message 0: role='robot'"),
+    ({"messages": [{"role": "user", "content": 7}]}, r"f\[3\]: message 0: content must be a string"),
+    ({"messages": []}, r"f\[3\]: a conversation must be a non-empty list"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]},
+     r"f\[3\]: no non-empty assistant message"),
+    ({"instruction": "Say hi.", "output": ""}, r"f\[3\]: field 'output' is empty"),
+])
+def test_malformed_conversations_are_data_errors_naming_the_record(record, message):
+    with pytest.raises(DataError, match=message):
+        conversation_from_record(record, "f[3]")
+
+
+def test_cut_and_dropped_examples_are_counted_never_silent(tok):
+    long_prompt = [{"role": "user", "content": "What is 3 plus 4? " * 30}, {"role": "assistant", "content": "7"}]
+    convs = [CONVS[0], long_prompt, CONVS[1]]
+    full = encode_examples(tok, convs)
+    assert len(full) == 3 and full.truncated == 0 and full.dropped == []
+    max_len = len(full[0].ids) - 2  # cuts the first conversation inside its answer; the long prompt loses all
+    with pytest.warns(UserWarning, match="1 dropped"):
+        cut = encode_examples(tok, convs, max_len=max_len)
+    assert cut.dropped == [1] and len(cut) == 2 and cut.truncated >= 1
+    assert "1 dropped" in cut.summary()
+    with pytest.raises(DataError, match="conversation 1: no assistant token to train on within max_len"):
+        encode_examples(tok, convs, max_len=max_len, on_drop="error")
+
+
+def test_padded_batches_must_fit_the_block(tok):
+    examples = encode_examples(tok, CONVS)
+    longest = max(len(e.ids) for e in examples)
+    with pytest.raises(DataError, match=r"train example \d+ has \d+ tokens, more than block_size \+ 1"):
+        SFTBatches(examples, examples, pad_id=0, mode="pad", block_size=longest - 2)
+    SFTBatches(examples, examples, pad_id=0, mode="pad", block_size=longest - 1)  # exactly fits
+    with pytest.raises(DataError, match="val example"):  # packing cuts train rows, but val is padded whole
+        SFTBatches(examples, examples, pad_id=0, mode="pack", block_size=longest - 2)

@@ -456,3 +456,31 @@ def test_keep_best_saves_the_weights_of_the_lowest_val_loss(tmp_path):
     val = sum(float(s) for s, _ in total) / sum(n for _, n in total)
     assert val == pytest.approx(evals[result.best_step], rel=1e-5)
     assert not (tmp_path / "run" / "best.old").exists()
+
+
+def test_resume_drops_best_weights_from_the_lost_part_of_a_run(tmp_path):
+    """A crash after a new best but before the next checkpoint: on resume, that best (its step is later
+    than the checkpoint's) is gone with the rest of the lost steps; an earlier best survives."""
+    import json
+
+    from mmlab.lab.lm import TensorBatches
+    from mmlab.train.trainer import BEST_META
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 128, (64, 16), generator=g)
+    source = TensorBatches({"train": (x[:48], x[:48].roll(-1, 1)), "val": (x[48:], x[48:].roll(-1, 1))}, 8)
+    cfg = small_cfg(tmp_path / "run", max_iters=10, eval_interval=5, ckpt_interval=10, keep_best=True,
+                    warmup_iters=0, lr=3e-3)
+    torch.manual_seed(0)
+    Trainer(MiniMindLM(get_preset("nano")), NextTokenLoss(), source, cfg).fit()
+    best = tmp_path / "run" / "best"
+    meta = json.loads((best / BEST_META).read_text())
+    assert meta["step"] in (5, 10) and meta["val_loss"] > 0
+    # pretend the best came from a step after the checkpoint (step 10), lost in a crash
+    (best / BEST_META).write_text(json.dumps({"step": 11, "val_loss": 0.1}))
+    resumed = Trainer(MiniMindLM(get_preset("nano")), NextTokenLoss(), source,
+                      TrainConfig.for_resume(tmp_path / "run", max_iters=12), resume=True)
+    assert not best.exists()
+    assert all(r["step"] <= 10 for r in resumed.history)
+    resumed.fit()
+    assert json.loads((best / BEST_META).read_text())["step"] == 12  # the next evaluation keeps a best again

@@ -24,3 +24,24 @@ def test_gsm8k_file_and_errors(tmp_path, mirror_file):
     bad.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl:1: the answer has no final"):
         load_gsm8k(bad)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1,2,3", "3"),  # three numbers, not one thousands-separated number
+    ("for ages 3-5", "5"),  # a range, not minus five
+    ("#### $18 (3 boxes)", "18"),  # the committed answer after ####, currency sign allowed
+    ("half is .5", "0.5"),
+    ("it costs 1,000 dollars", "1000"),
+    ("#### -7", "-7"),
+    ("so x = 3.50.", "3.5"),
+    ("#### 1,234,567", "1234567"),
+    ("no number here", None),
+])
+def test_extract_answer_reads_numbers_as_a_person_would(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_reward_compares_values_not_spellings():
+    assert math_reward("#### 0.50", ".5") == 1.0
+    assert math_reward("#### 1,000", "1000.0") == 1.0
+    assert math_reward("#### 18", "18.5") == 0.0

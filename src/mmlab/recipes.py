@@ -15,6 +15,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -99,6 +100,19 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
+_MISSING = object()
+
+
+def recipe_overrides(recipe: Recipe, max_iters: int | None = None, **train_overrides: Any) -> dict[str, Any]:
+    """The TrainConfig fields a run changes from the recipe: none means the run *is* the recipe (full).
+    ``max_iters`` also scales the evaluation interval and warmup to the shorter run."""
+    overrides: dict[str, Any] = dict(train_overrides)
+    if max_iters is not None:
+        overrides |= {"max_iters": max_iters, "eval_interval": max(1, min(max_iters, recipe.train["eval_interval"])),
+                      "warmup_iters": min(recipe.train["warmup_iters"], max_iters // 2)}
+    return {k: v for k, v in overrides.items() if recipe.train.get(k, _MISSING) != v}
+
+
 def run_recipe(name: str, out: str, overwrite: bool = False, max_iters: int | None = None,
                results_dir: str | None = None, **train_overrides: Any) -> dict[str, Any]:
     """Train recipe ``name`` into ``out``, measure it, and write ``<results_dir or out>/recipe_<name>.json``
@@ -114,12 +128,13 @@ def run_recipe(name: str, out: str, overwrite: bool = False, max_iters: int | No
     from mmlab.train.pretrain import pretrain
 
     recipe = get_recipe(name)
-    overrides: dict[str, Any] = {k: v for k, v in train_overrides.items() if recipe.train.get(k) != v}
-    if max_iters is not None:
-        overrides |= {"max_iters": max_iters, "eval_interval": max(1, min(max_iters, recipe.train["eval_interval"])),
-                     "warmup_iters": min(recipe.train["warmup_iters"], max_iters // 2)}
+    overrides = recipe_overrides(recipe, max_iters, **train_overrides)
+    full = not overrides  # the run is the recipe only when nothing differs from the recipe's own settings
+    run_files = [n for n in ("ckpt", "ckpt.old", "best") if (Path(out) / n).exists()]
+    if run_files and not overwrite:  # before the tokenizer is trained: fail in a second, not a minute
+        raise MMLabError(f"{out} already holds a run ({', '.join(run_files)}); pass --overwrite to replace it, or "
+                         "choose another --out (nothing was overwritten)")
     cfg = recipe.train_config(out, **overrides)
-    full = (max_iters is None or max_iters >= recipe.train["max_iters"]) and not (set(overrides) - {"max_iters"})
     exp = Experiment(f"recipe_{name}", f"What does the {name} recipe reach in {recipe.budget_minutes:g} minutes?",
                      mode="full" if full else "smoke", seed=cfg.seed, out_dir=results_dir or out)
     exp.set_config(recipe=name, fingerprint=recipe.fingerprint(), data=recipe.data, tokenizer=recipe.tokenizer,
@@ -135,6 +150,7 @@ def run_recipe(name: str, out: str, overwrite: bool = False, max_iters: int | No
     model = load_model(weights)
     tok = load_checkpoint_tokenizer(weights)
     exp.metric("evaluated_step", result.best_step if cfg.keep_best else result.steps)
+    exp.metric("weights", weights.name)  # "best" or "ckpt", inside the run folder
     corpus = load_corpus(recipe.data, seed=cfg.seed)
     data = PretrainData.from_tokens(tokenize_corpus(corpus, tok), cfg.val_fraction, cfg.block_size, corpus.source)
     val = data.val if full else data.val[: 4 * cfg.block_size + 1]  # a smoke run only checks the plumbing
@@ -164,7 +180,8 @@ def run_recipe(name: str, out: str, overwrite: bool = False, max_iters: int | No
               [[n_params, result.tokens_seen, exp.metrics["epochs"], exp.metrics["train_minutes"],
                 exp.metrics["tokens_per_s"], exp.metrics["evaluated_step"], val_loss, bpb]])
     if recipe.target_val_loss is not None:
-        exp.finding(f"val loss <= {recipe.target_val_loss} on the whole val split", val_loss <= recipe.target_val_loss,
+        where = "on the whole val split" if full else "on the start of the val split (a shortened run)"
+        exp.finding(f"val loss <= {recipe.target_val_loss} {where}", val_loss <= recipe.target_val_loss,
                     val_loss=val_loss)
     exp.finding(f"the run takes <= {recipe.budget_minutes:g} minutes on this machine",
                 wall_s / 60 <= recipe.budget_minutes, wall_minutes=wall_s / 60, cpu_threads=torch.get_num_threads())

@@ -52,6 +52,10 @@ class CleaningReport:
 def clean(docs: Sequence[str], min_chars: int = 200, max_chars: int = 5000,
           max_non_ascii: float = 0.01) -> tuple[list[str], CleaningReport]:
     """Exact dedup, near-exact dedup, then length and character filters, in that order."""
+    if min_chars < 0 or max_chars < min_chars:
+        raise ValueError(f"min_chars={min_chars}, max_chars={max_chars}: need 0 <= min_chars <= max_chars")
+    if not 0 <= max_non_ascii <= 1:
+        raise ValueError(f"max_non_ascii={max_non_ascii} must be a share in [0, 1]")
     report = CleaningReport()
     report.add("raw", docs, 0)
     docs, n = deduplicate(docs, normalise=False)

@@ -25,7 +25,7 @@ from mmlab.data.corpus import iter_jsonl, read_json
 from mmlab.data.registry import DataError
 from mmlab.model.lm import IGNORE_INDEX
 from mmlab.tokenizer.base import Tokenizer, TokenizerError
-from mmlab.tokenizer.chat import encode_chat
+from mmlab.tokenizer.chat import encode_chat, validate_messages
 
 Messages = list[dict[str, str]]
 
@@ -38,11 +38,19 @@ def conversation_from_record(record: Any, where: str) -> Messages:
         messages = record["messages"]
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise DataError(f"{where}: 'messages' must be a list of {{role, content}} objects")
+        try:
+            validate_messages(messages)
+        except TokenizerError as e:
+            raise DataError(f"{where}: {e}") from None
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+            raise DataError(f"{where}: no non-empty assistant message: nothing to train on")
         return messages
     missing = [k for k in ("instruction", "output") if not isinstance(record.get(k), str)]
     if missing:
         raise DataError(f"{where}: no string field {missing[0]!r} (expected Alpaca-style instruction/input/output "
                         "or chat-style messages)")
+    if not record["output"].strip():
+        raise DataError(f"{where}: field 'output' is empty: nothing to train on")
     extra = record.get("input") or ""
     if not isinstance(extra, str):
         raise DataError(f"{where}: field 'input' must be a string")
@@ -67,21 +75,51 @@ class Example:
     mask: list[int]  # 1 where the token is a target (the assistant produces it)
 
 
+class EncodedExamples(list):
+    """The encoded examples, and what encoding did to the others: ``truncated`` counts conversations cut
+    at ``max_len`` (and kept), ``dropped`` lists the indices of those with no target token left after the
+    cut (a prompt longer than ``max_len``). Nothing is dropped silently: the count is in ``summary()``
+    and a warning."""
+
+    def __init__(self, examples: Sequence[Example] = (), truncated: int = 0, dropped: Sequence[int] = ()):
+        super().__init__(examples)
+        self.truncated, self.dropped = truncated, list(dropped)
+
+    def summary(self) -> str:
+        return (f"{len(self)} examples; {self.truncated} cut at max_len and kept; {len(self.dropped)} dropped "
+                "(no assistant token left after the cut)")
+
+
 def encode_examples(tokenizer: Tokenizer, conversations: Sequence[Messages], max_len: int | None = None,
-                    source: str = "conversation") -> list[Example]:
-    """Template and tokenize; conversations longer than ``max_len`` tokens are cut (and kept only if
-    a target token survives the cut)."""
-    out = []
+                    source: str = "conversation", on_drop: str = "warn") -> EncodedExamples:
+    """Template and tokenize; conversations longer than ``max_len`` tokens are cut, and kept only if a
+    target token survives the cut. ``on_drop``: "warn" (count them and warn), "error" (raise on the first,
+    naming it) or "ignore" (count only)."""
+    if on_drop not in ("warn", "error", "ignore"):
+        raise ValueError(f"on_drop={on_drop!r}")
+    out, truncated, dropped = [], 0, []
     for i, conv in enumerate(conversations):
         try:
             ids, mask = encode_chat(tokenizer, conv)
         except TokenizerError as e:
             raise DataError(f"{source} {i}: {e}") from None
-        if max_len is not None:
+        cut = max_len is not None and len(ids) > max_len
+        if cut:
             ids, mask = ids[:max_len], mask[:max_len]
         if any(mask[1:]):
             out.append(Example(ids, mask))
-    return out
+            truncated += cut
+        elif on_drop == "error":
+            raise DataError(f"{source} {i}: no assistant token to train on within max_len={max_len}; raise "
+                            "max_len, shorten the prompt, or give the assistant a non-empty answer")
+        else:
+            dropped.append(i)
+    result = EncodedExamples(out, truncated, dropped)
+    if dropped and on_drop == "warn":
+        import warnings
+
+        warnings.warn(f"{source}s: {result.summary()}; first dropped: {dropped[:5]}", stacklevel=2)
+    return result
 
 
 def targets_of(ids: list[int], mask: list[int], train_on_prompt: bool = False) -> list[int]:
@@ -140,6 +178,14 @@ class SFTBatches:
             raise DataError("no training examples (every conversation was empty or cut away)")
         self.train, self.val, self.pad_id, self.mode = list(train), list(val), pad_id, mode
         self.train_on_prompt = train_on_prompt
+        # a padded row holds one whole example: it must fit the model's context (packing cuts rows itself;
+        # evaluation pads every val example)
+        for split, examples in (("train", self.train if mode == "pad" else []), ("val", self.val)):
+            longest = max(range(len(examples)), key=lambda j: len(examples[j].ids), default=None)
+            if longest is not None and len(examples[longest].ids) - 1 > block_size:
+                raise DataError(f"{split} example {longest} has {len(examples[longest].ids)} tokens, more than "
+                                f"block_size + 1 = {block_size + 1}; encode with max_len={block_size + 1} "
+                                "(or raise block_size to the model's max_seq_len)")
         if mode == "pack":
             self.packed = pack_examples(self.train, block_size, pad_id, train_on_prompt)
         # val: always padded per example and never trained on the prompt, so every variant is measured alike

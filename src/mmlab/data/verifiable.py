@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from mmlab.data.corpus import iter_jsonl
 from mmlab.data.registry import DataError
 
-_NUMBER = r"-?[\d,]*\.?\d+"
-_FINAL = re.compile(r"####\s*(" + _NUMBER + ")")
+# A number: thousands groups of exactly three digits ("1,000", not "1,2,3" which is three numbers), an
+# optional fraction, or a bare fraction (".5"). A minus sign counts only where it cannot be a hyphen or a
+# range ("ages 3-5" holds 3 and 5, not -5).
+_NUMBER = r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?![\d,]*\d)"
+_FINAL = re.compile(r"####\s*[$€£]?\s*(" + _NUMBER + ")")
 _ANY = re.compile(_NUMBER)
 
 
@@ -27,10 +31,14 @@ class MathItem:
 
 
 def normalise_number(text: str) -> str:
-    text = text.replace(",", "").strip()
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text or "0"
+    """One spelling per value: "1,000" -> "1000", "3.50" -> "3.5", ".5" -> "0.5", "-0" -> "0"."""
+    try:
+        d = Decimal(text.replace(",", "").strip())
+    except InvalidOperation:
+        return text.strip()
+    if d == d.to_integral_value():
+        return str(int(d))
+    return format(d.normalize(), "f")
 
 
 def extract_answer(completion: str) -> str | None:

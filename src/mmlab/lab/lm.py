@@ -177,3 +177,19 @@ def token_batches(tokenizer: Any, train_docs: list[str], val_docs: list[str], bl
 
     data = PretrainData(train=encode(train_docs), val=encode(val_docs))
     return PretrainBatches(data, block_size, batch_size, eval_batches)
+
+
+def train_on_text(tokenizer: Any, train_docs: list[str], val_docs: list[str], steps: int, lr: float, *, seed: int,
+                  block_size: int, batch_size: int, eval_batches: int) -> tuple[dict[str, Any], Any]:
+    """The tokenizer lessons' comparison: the same small model (4 layers x 128, 4 heads; only its embedding
+    and output layer follow the vocabulary) trained on documents encoded with ``tokenizer``, then measured
+    on every held-out token. Returns ``train_lm``'s result (with the model) and the ``SplitLoss``."""
+    from mmlab.train.evaluate import split_loss
+
+    source = token_batches(tokenizer, train_docs, val_docs, block_size, batch_size, eval_batches=eval_batches)
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=128, n_layers=4, n_heads=4,
+                      max_seq_len=block_size, rope_theta=1e4)
+    r = train_lm(cfg, steps, lr, seed=seed, batch_size=batch_size, block_size=block_size, source=source,
+                 eval_batches=eval_batches)
+    r["train_tokens"] = len(source.data.train)
+    return r, split_loss(r["model"], source.data.val, tokenizer, block_size)

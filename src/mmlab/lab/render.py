@@ -68,10 +68,16 @@ def render_samples(result: dict[str, Any], key: str, source: Path) -> str:
     if not isinstance(samples, list) or not all(isinstance(s, dict) and "text" in s for s in samples):
         raise MMLabError(f"{source}: metric {key!r} is not a list of samples with a 'text'")
     parts = []
-    for s in samples:
+    for i, s in enumerate(samples):
+        if not isinstance(s["text"], str):
+            raise MMLabError(f"{source}: metric {key!r}, sample {i}: 'text' is a {type(s['text']).__name__}, not text")
+        # generated text is data, not markup: a fence longer than any backtick run inside it, and no
+        # result-block marker that would end (or open) a block when the docs are rendered again
+        text = s["text"].rstrip().replace("<!--", "<!\u200b--")
+        fence = "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", text)), default=0))
         about = ", ".join(f"{k} {s[k]}" for k in ("seed", "temperature") if k in s)
         head = f"**{s['title']}**" if "title" in s else f"Prompt `{s.get('prompt', '')!r}`"
-        parts.append(f"{head}{' (' + about + ')' if about else ''}:\n\n```text\n{s['text'].rstrip()}\n```\n")
+        parts.append(f"{head}{' (' + about + ')' if about else ''}:\n\n{fence}text\n{text}\n{fence}\n")
     return "\n".join(parts)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mmlab.errors import MMLabError
 from mmlab.tokenizer.base import SPECIAL_TOKENS, Tokenizer
 
 
@@ -41,10 +42,13 @@ def summed_loss(model: torch.nn.Module, tokens: torch.Tensor, block_size: int,
                 batch_size: int = 32) -> tuple[float, int]:
     """Summed next-token loss (nats) and number of predicted tokens over ``tokens`` (1-D), cut into
     non-overlapping windows of ``block_size`` (a shorter last window included)."""
+    n = len(tokens)
+    if n < 2:
+        raise MMLabError(f"cannot measure a loss on {n} token(s): the held-out text needs at least 2 tokens "
+                         "(one of context, one to predict)")
     was_training = model.training
     model.eval()
     device = next(model.parameters(), torch.empty(0)).device
-    n = len(tokens)
     starts = list(range(0, n - 1, block_size))
     full = [s for s in starts if s + block_size + 1 <= n]
     rest = [s for s in starts if s + block_size + 1 > n]

@@ -38,6 +38,9 @@ from mmlab.train.optim import build_optimizer, lr_at
 Batch = Any
 
 
+BEST_META = "best.json"  # in <out>/best: the step and val loss of the weights kept there
+
+
 class TrainingDiverged(MMLabError):
     """The loss or the gradient became NaN/inf; the message names the step and the last good checkpoint."""
 
@@ -195,8 +198,10 @@ class Trainer:
         self.extra_state = state.get("extra", {})
         self._scaler_state = state.get("grad_scaler") or None
         self.last_good_ckpt = self.ckpt_path
-        # metrics after the checkpoint belong to the lost part of the run: drop them
-        if self.dist.is_main and self.metrics_path.is_file():
+        # metrics after the checkpoint belong to the lost part of the run: drop them. Every rank reads the
+        # history (keep_best compares against it, and all ranks must take the same decision), then rank 0
+        # rewrites the file.
+        if self.metrics_path.is_file():
             kept = []
             for line in self.metrics_path.read_text().splitlines():
                 try:
@@ -205,18 +210,34 @@ class Trainer:
                     continue  # a line torn by the crash we are recovering from
                 if isinstance(record, dict) and record.get("step", 0) <= self.step:
                     kept.append(record)
-            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
             self.history = kept
+            self.dist.barrier()
+            if self.dist.is_main:
+                self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        # best weights saved after the checkpoint come from the lost part of the run too
+        best = self.out / "best"
+        if self.dist.is_main and best.exists():
+            try:
+                best_step = json.loads((best / BEST_META).read_text())["step"]
+            except (OSError, ValueError, KeyError, TypeError):
+                best_step = None  # no record of its step: it cannot be trusted
+            if best_step is None or best_step > self.step:
+                shutil.rmtree(best)
+        self.dist.barrier()
 
     def _best_val(self) -> float:
-        """The lowest val loss logged before the latest evaluation (the history includes a resumed run's)."""
+        """The lowest val loss logged before the latest evaluation (the history includes a resumed run's);
+        infinite when no best weights are on disk (e.g. dropped on resume), so the next evaluation saves."""
+        if not (self.out / "best").exists():
+            return math.inf
         evals = [r["val_loss"] for r in self.history if "val_loss" in r]
         return min(evals[:-1], default=math.inf)
 
-    def save_best(self) -> None:
+    def save_best(self, val_loss: float) -> None:
         if self.dist.is_main:
             best = self.out / "best"
             save_checkpoint(best, self.model, self.tokenizer)
+            (best / BEST_META).write_text(json.dumps({"step": self.step, "val_loss": val_loss}) + "\n")
             shutil.rmtree(best.with_name("best.old"), ignore_errors=True)  # only the best is worth keeping
         self.dist.barrier()
 
@@ -334,7 +355,7 @@ class Trainer:
                     self._log(record)
                     bar.message(_format_eval(record))
                     if cfg.keep_best and record.get("val_loss", math.inf) < self._best_val():
-                        self.save_best()
+                        self.save_best(record["val_loss"])
                         bar.message(f"step {self.step}: lowest val loss so far; saved {self.out / 'best'}")
                 if cfg.save_checkpoints and (self.step % cfg.resolved_ckpt_interval == 0 or is_last):
                     self.save()

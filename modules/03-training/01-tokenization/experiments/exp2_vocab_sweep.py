@@ -11,12 +11,10 @@ A bigger vocabulary sees more text per step and per context window, but each tok
 
 import itertools
 
-from mmlab.config import ModelConfig
 from mmlab.lab import Experiment
-from mmlab.lab.lm import document_splits, token_batches, train_lm
+from mmlab.lab.lm import document_splits, train_on_text
 from mmlab.lab.plots import figure
 from mmlab.tokenizer.bpe import train_bpe
-from mmlab.train.evaluate import split_loss
 
 
 def main(exp: Experiment) -> None:
@@ -32,17 +30,13 @@ def main(exp: Experiment) -> None:
     runs = {}
     for size in sizes:
         tok = train_bpe(train_docs, vocab_size=size)
-        source = token_batches(tok, train_docs, val_docs, block, batch, eval_batches=exp.pick(20, 4, 2))
-        cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=128, n_layers=4, n_heads=4, max_seq_len=block,
-                          rope_theta=1e4)
-        r = train_lm(cfg, steps, 2e-3, seed=exp.seed, batch_size=batch, block_size=block, source=source,
-                     eval_batches=exp.pick(20, 4, 2))
+        r, m = train_on_text(tok, train_docs, val_docs, steps, 2e-3, seed=exp.seed, block_size=block,
+                             batch_size=batch, eval_batches=exp.pick(20, 4, 2))
         model = r.pop("model")
-        m = split_loss(model, source.data.val, tok, block)
         runs[size] = {"vocab_size": tok.vocab_size, "bytes_per_token": m.bytes_per_token, "val_loss": m.loss,
                       "bits_per_byte": m.bits_per_byte, "tokens_per_s": r["tokens_per_s"],
                       "train_s": r["elapsed_s"], "params": sum(p.numel() for p in model.parameters()),
-                      "embedding_params": model.tok_emb.weight.numel(), "train_tokens": len(source.data.train),
+                      "embedding_params": model.tok_emb.weight.numel(), "train_tokens": r["train_tokens"],
                       "bytes_seen": steps * batch * block * m.bytes_per_token}
         exp.log(f"vocab {size}: {m.bytes_per_token:.2f} bytes/token, val {m.loss:.3f} nats/token = "
                 f"{m.bits_per_byte:.3f} bits/byte, {r['tokens_per_s']:.0f} tokens/s")

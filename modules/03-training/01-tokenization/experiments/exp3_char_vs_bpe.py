@@ -7,14 +7,12 @@ for the same steps on batches of the same number of tokens (so a BPE model sees 
 measured on every token of the last 10%. We also compare how far back a 128-token context reaches.
 """
 
-from mmlab.config import ModelConfig
 from mmlab.infer.generate import generate
 from mmlab.lab import Experiment
-from mmlab.lab.lm import document_splits, token_batches, train_lm
+from mmlab.lab.lm import document_splits, train_on_text
 from mmlab.lab.plots import figure
 from mmlab.tokenizer.bpe import train_bpe
 from mmlab.tokenizer.char import CharTokenizer
-from mmlab.train.evaluate import split_loss
 
 
 def main(exp: Experiment) -> None:
@@ -30,13 +28,9 @@ def main(exp: Experiment) -> None:
                    train_chars=len(train_docs[0]), val_chars=len(val_docs[0]))
     runs, samples = {}, {}
     for name, tok in tokenizers.items():
-        source = token_batches(tok, train_docs, val_docs, block, batch, eval_batches=exp.pick(20, 4, 2))
-        cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=128, n_layers=4, n_heads=4, max_seq_len=block,
-                          rope_theta=1e4)
-        r = train_lm(cfg, steps, 2e-3, seed=exp.seed, batch_size=batch, block_size=block, source=source,
-                     eval_batches=exp.pick(20, 4, 2))
+        r, m = train_on_text(tok, train_docs, val_docs, steps, 2e-3, seed=exp.seed, block_size=block,
+                             batch_size=batch, eval_batches=exp.pick(20, 4, 2))
         model = r.pop("model")
-        m = split_loss(model, source.data.val, tok, block)
         runs[name] = {"vocab_size": tok.vocab_size, "bytes_per_token": m.bytes_per_token, "val_loss": m.loss,
                       "bits_per_byte": m.bits_per_byte, "tokens_per_s": r["tokens_per_s"],
                       "bytes_per_s": r["tokens_per_s"] * m.bytes_per_token, "context_bytes": block * m.bytes_per_token,

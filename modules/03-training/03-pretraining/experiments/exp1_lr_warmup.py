@@ -7,7 +7,9 @@ first 10% of steps. A run *diverges* when its loss becomes NaN/inf or ends no be
 guess over the 65 characters.
 """
 
-from _common import curve_label, run
+import math
+
+from _common import config, curve_label, run
 
 from mmlab.lab import Experiment
 from mmlab.lab.plots import figure
@@ -32,9 +34,13 @@ def main(exp: Experiment) -> None:
     def val(r):
         return r["final_val_loss"] if r["diverged_at"] is None else float("inf")
 
-    def early_max(r):  # the worst training loss after the first 10% of steps: a spike shows here
+    def late_max(r):  # the worst training loss after the first 10% of steps
         late = [loss for s, loss in r["train_curve"] if s > warmup]
         return max(late) if late else float("nan")
+
+    def early_max(r):  # the worst training loss in the first 10% of steps: an early spike shows here
+        early = [loss for s, loss in r["train_curve"] if s <= max(warmup, 1)]
+        return max(early) if early else float("nan")
 
     exp.metric("val_loss", {lr: r["final_val_loss"] for lr, r in with_w.items()})
     exp.metric("val_loss_no_warmup", {lr: r["final_val_loss"] for lr, r in without_w.items()})
@@ -43,10 +49,11 @@ def main(exp: Experiment) -> None:
     rows = []
     for lr in lrs:
         r, n = with_w[lr], without_w.get(lr)
-        rows.append([f"{lr:g}", r["final_val_loss"], early_max(r), n["final_val_loss"] if n else None,
-                     early_max(n) if n else None])
-    exp.table("sweep", ["peak lr", "val loss (warmup)", "worst train loss after warmup",
-                        "val loss (no warmup)", "worst train loss, same steps (no warmup)"], rows,
+        rows.append([f"{lr:g}", r["final_val_loss"], early_max(r), late_max(r), n["final_val_loss"] if n else None,
+                     early_max(n) if n else None, late_max(n) if n else None])
+    exp.table("sweep", ["peak lr", "val loss (warmup)", "peak train loss, first 10%", "peak train loss, after",
+                        "val loss (no warmup)", "peak train loss, first 10% (no warmup)",
+                        "peak train loss, after (no warmup)"], rows,
               caption=f"{steps} steps of {16 * 128:,} tokens, warmup {warmup} steps where used, one seed. "
                       "'nan' marks a run that diverged.")
     best = min(lrs, key=lambda lr: val(with_w[lr]))
@@ -59,6 +66,11 @@ def main(exp: Experiment) -> None:
     exp.finding(f"At the highest rate ({top:g}) warmup helps: the run with warmup ends lower",
                 val(with_w[top]) < val(without_w[top]), warmup=with_w[top]["final_val_loss"],
                 no_warmup=without_w[top]["final_val_loss"])
+    uniform = math.log(config().vocab_size)
+    exp.finding(f"Without warmup, the highest rate ({top:g}) makes the loss spike above a uniform guess (ln "
+                f"{config().vocab_size}) in the first 10% of steps; with warmup it stays below",
+                early_max(without_w[top]) > uniform > early_max(with_w[top]), uniform_guess=uniform,
+                peak_no_warmup=early_max(without_w[top]), peak_warmup=early_max(with_w[top]))
     low = no_warmup_lrs[0]
     gaps = {f"{lr:g}": val(without_w[lr]) - val(with_w[lr]) for lr in no_warmup_lrs}
     exp.finding("Warmup matters more at a higher rate: its benefit at the highest rate exceeds that at the lowest",
