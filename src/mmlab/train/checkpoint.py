@@ -5,6 +5,9 @@
       config.json         ModelConfig
       tokenizer.json | char_vocab.json
       trainer_state.pt    optimizer, step, RNG states, data generator (what resume needs)
+      adapter.safetensors, adapter_config.json
+                          a LoRA run only: the adapter; model.safetensors then holds the frozen base
+                          weights under their usual names, so the base is never duplicated or altered
 
 Writing is atomic: everything goes to a temporary sibling folder, which then replaces the old
 checkpoint by two renames. A crash at any moment leaves either the old or the new checkpoint whole
@@ -26,6 +29,7 @@ from safetensors.torch import load_file, save_model
 from mmlab.config import ModelConfig
 from mmlab.errors import MMLabError
 from mmlab.model.lm import MiniMindLM
+from mmlab.model.lora import ADAPTER_CONFIG, apply_lora, load_adapter, lora_layers, read_adapter_config, save_adapter
 from mmlab.tokenizer.base import Tokenizer, load_tokenizer
 
 MODEL_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "config.json", "trainer_state.pt"
@@ -64,7 +68,10 @@ def save_checkpoint(
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a checkpoint is an ordinary folder
     try:
-        save_model(model, str(tmp / MODEL_FILE))
+        if any(True for _ in lora_layers(model)):
+            _save_base_and_adapter(model, tmp)
+        else:
+            save_model(model, str(tmp / MODEL_FILE))
         model.cfg.to_json(tmp / CONFIG_FILE)
         if tokenizer is not None:
             tokenizer.save(tmp)
@@ -89,6 +96,27 @@ def save_checkpoint(
     return path
 
 
+def _base_name(name: str) -> str:
+    return name.replace(".base.", ".")
+
+
+def _save_base_and_adapter(model: MiniMindLM, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    merged = [layer for _, layer in lora_layers(model) if layer.merged]
+    for layer in merged:  # the base weights are saved as they were, the update apart
+        layer.unmerge()
+    try:
+        state = {_base_name(k): v.detach().contiguous() for k, v in model.state_dict().items() if ".lora_" not in k}
+        if model.cfg.tie_embeddings:
+            state.pop("lm_head.weight", None)  # one copy of the tied matrix (restored on load)
+        save_file(state, str(folder / MODEL_FILE))
+        save_adapter(model, folder)
+    finally:
+        for layer in merged:
+            layer.merge()
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint folder at ``path``: a checkpoint itself, or a run folder holding ``ckpt/``."""
     path = Path(path)
@@ -100,12 +128,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"{path}: not a checkpoint (no {MODEL_FILE} and {CONFIG_FILE} here or in {path}/ckpt)")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> MiniMindLM:
-    """The model of a checkpoint, built from its own config.json."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", merge_adapter: bool = True) -> MiniMindLM:
+    """The model of a checkpoint, built from its own config.json. A LoRA checkpoint's adapter is applied
+    and, with ``merge_adapter``, merged into plain linear layers (a model like any other)."""
+    from mmlab.model.lora import remove_lora
+
     folder = resolve_checkpoint(path)
     cfg = ModelConfig.from_json(folder / CONFIG_FILE)
     model = MiniMindLM(cfg)
     load_weights(model, folder)
+    if merge_adapter and any(True for _ in lora_layers(model)):
+        remove_lora(model, merge=True)
     return model.to(device)
 
 
@@ -124,9 +157,26 @@ def load_weights(model: MiniMindLM, path: str | Path) -> None:
     if model.cfg.tie_embeddings:
         state.setdefault("lm_head.weight", state.get("tok_emb.weight"))
         state.setdefault("tok_emb.weight", state.get("lm_head.weight"))
+    has_adapter = (folder / ADAPTER_CONFIG).is_file()
+    if has_adapter and not any(True for _ in lora_layers(model)):
+        apply_lora(model, read_adapter_config(folder))  # a LoRA checkpoint into a plain model
+    if any(True for _ in lora_layers(model)):
+        if not has_adapter:
+            raise CheckpointError(f"{folder}: the model has LoRA layers but the checkpoint has no adapter")
+        if read_adapter_config(folder) != model.lora_config:
+            raise CheckpointError(f"{folder}: adapter config {read_adapter_config(folder)} differs from the "
+                                  f"model's {model.lora_config}")
+        own = {_base_name(k): k for k in model.state_dict() if ".lora_" not in k}
+        state = {own.get(k, k): v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if ".lora_" not in k]
     if missing or unexpected:
         raise CheckpointError(f"{folder / MODEL_FILE}: missing tensors {missing}, unexpected tensors {unexpected}")
+    if has_adapter:
+        try:
+            load_adapter(model, folder, apply=False)
+        except MMLabError as e:
+            raise CheckpointError(str(e)) from None
 
 
 def load_checkpoint_tokenizer(path: str | Path) -> Tokenizer:

@@ -49,7 +49,8 @@ class PretrainBatches:
         return self._eval.get(split, [])
 
 
-RUN_FILES = ("ckpt", "ckpt.old", "best", "best.old", "metrics.jsonl", "train_config.json", "loss.png")
+RUN_FILES = ("ckpt", "ckpt.old", "best", "best.old", "metrics.jsonl", "train_config.json", "loss.png",
+             "sft_eval.json", "dpo_eval.json", "grpo_eval.json", "distill_eval.json", "stage.json")
 
 
 def clear_run(out: Path) -> None:

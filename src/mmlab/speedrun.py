@@ -1,0 +1,281 @@
+"""`mmlab speedrun`: the whole pipeline — tokenizer -> pretrain -> SFT -> DPO -> GRPO -> evaluation — on a
+laptop, ending in a report card (``report.md`` and ``report.png``).
+
+Every stage is the library's own stage function (``pretrain``, ``sft``, ``dpo``, ``grpo``), writing its
+usual run folder under ``<out>/<stage>/``; the next stage starts from the previous stage's checkpoint.
+``--from STAGE`` re-runs from that stage on, reusing the earlier stages' checkpoints. The evaluation
+measures every stage's checkpoint on the same held-out task prompts, so the card shows what each
+stage added.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmlab.config import ModelConfig, get_preset
+from mmlab.errors import MMLabError
+
+STAGES = ("pretrain", "sft", "dpo", "grpo", "eval")
+CHAT_STAGES = ("sft", "dpo", "grpo")
+STAGE_FILE = "stage.json"  # in each stage folder: its wall time and headline numbers
+
+
+@dataclass(frozen=True)
+class SpeedrunPreset:
+    name: str
+    about: str
+    model: ModelConfig
+    corpus: str  # the pretraining corpus (a registry name; synthetic-stories when it is not reachable)
+    pretrain: dict[str, Any]
+    sft: dict[str, Any]
+    dpo: dict[str, Any]
+    grpo: dict[str, Any]
+    grpo_options: dict[str, Any] = field(default_factory=dict)
+    dpo_beta: float = 0.1
+    heldout: int = 200  # task prompts for the evaluation
+
+
+def _laptop() -> SpeedrunPreset:
+    model = ModelConfig(name="speedrun-laptop", vocab_size=2048, hidden_size=192, n_layers=4, n_heads=4,
+                        n_kv_heads=2, max_seq_len=256, rope_theta=1e4)
+    common = {"eval_batches": 10, "log_interval": 25, "seed": 1337, "device": "cpu"}
+    return SpeedrunPreset(
+        name="laptop", about="4 x 192 (GQA), BPE 2048 on TinyStories; about 20 minutes on 2 CPU cores",
+        model=model, corpus="tinystories-train-2mib",
+        pretrain=common | {"max_iters": 1200, "batch_size": 16, "block_size": 256, "lr": 3e-3, "warmup_iters": 60,
+                           "schedule": "wsd", "eval_interval": 200, "dtype": "bf16"},
+        sft=common | {"max_iters": 400, "batch_size": 16, "block_size": 256, "lr": 1e-3, "warmup_iters": 20,
+                      "eval_interval": 100, "weight_decay": 0.0, "dtype": "bf16"},
+        dpo=common | {"max_iters": 150, "batch_size": 8, "block_size": 256, "lr": 2e-4, "warmup_iters": 10,
+                      "eval_interval": 50, "weight_decay": 0.0},
+        grpo=common | {"max_iters": 60, "batch_size": 8, "block_size": 256, "lr": 3e-4, "warmup_iters": 5,
+                       "eval_interval": 60, "weight_decay": 0.0, "log_interval": 5},
+        grpo_options={"group_size": 8, "kl_coef": 0.04, "max_new_tokens": 12},
+    )
+
+
+def _minimind_26m() -> SpeedrunPreset:
+    common = {"eval_batches": 20, "log_interval": 50, "seed": 1337, "device": "auto", "dtype": "bf16",
+              "compile": True}
+    return SpeedrunPreset(
+        name="minimind-26m", about="MiniMind's 26M model, BPE 6400 (for a GPU; hours on a CPU)",
+        model=get_preset("minimind-26m"), corpus="tinystories-train-2mib",
+        pretrain=common | {"max_iters": 6000, "batch_size": 32, "block_size": 512, "lr": 1e-3, "warmup_iters": 200,
+                           "schedule": "wsd", "eval_interval": 500},
+        sft=common | {"max_iters": 1500, "batch_size": 32, "block_size": 512, "lr": 3e-4, "warmup_iters": 50,
+                      "eval_interval": 250, "weight_decay": 0.0},
+        dpo=common | {"max_iters": 500, "batch_size": 16, "block_size": 512, "lr": 1e-4, "warmup_iters": 20,
+                      "eval_interval": 100, "weight_decay": 0.0, "compile": False},
+        grpo=common | {"max_iters": 300, "batch_size": 16, "block_size": 512, "lr": 1e-4, "warmup_iters": 10,
+                       "eval_interval": 300, "weight_decay": 0.0, "log_interval": 10, "compile": False},
+        grpo_options={"group_size": 8, "kl_coef": 0.04, "max_new_tokens": 16},
+    )
+
+
+PRESETS = {"laptop": _laptop, "minimind-26m": _minimind_26m}
+
+
+def get_speedrun_preset(name: str) -> SpeedrunPreset:
+    if name not in PRESETS:
+        raise MMLabError(f"unknown speedrun preset {name!r}; available: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def _scaled(train: dict[str, Any], scale: float) -> dict[str, Any]:
+    """Shorten a stage (tests, smoke runs): steps, warmup and intervals times ``scale``."""
+    if scale == 1.0:
+        return dict(train)
+    out = dict(train)
+    out["max_iters"] = max(2, int(train["max_iters"] * scale))
+    out["warmup_iters"] = min(train.get("warmup_iters", 0), out["max_iters"] // 2)
+    for key in ("eval_interval", "log_interval"):
+        if key in train:
+            out[key] = max(1, min(out["max_iters"], int(train[key] * scale)))
+    out["eval_batches"] = min(train.get("eval_batches", 20), 4)
+    return out
+
+
+def _reachable(corpus: str) -> bool:
+    from mmlab.data.registry import DataError, dataset_path
+
+    try:
+        dataset_path(corpus, download=False)
+        return True
+    except DataError:
+        return False
+
+
+def speedrun(out: str | Path, preset: str = "laptop", from_stage: str = "pretrain", overwrite: bool = False,
+             scale: float = 1.0, overrides: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
+    """Run the pipeline into ``out``; returns the report card's data (also ``<out>/report.json``).
+    ``overrides``: TrainConfig fields applied to every stage (e.g. ``{"dtype": "fp32", "compile": False}``)."""
+    from mmlab.train.config import TrainConfig
+    from mmlab.train.dpo import SYNTHETIC_PAIRS, dpo
+    from mmlab.train.grpo import grpo
+    from mmlab.train.pretrain import pretrain
+    from mmlab.train.sft import SYNTHETIC_TASKS, sft
+
+    if from_stage not in STAGES:
+        raise MMLabError(f"unknown stage {from_stage!r}; stages: {', '.join(STAGES)}")
+    if not 0 < scale <= 1:
+        raise MMLabError(f"scale={scale} must be in (0, 1]")
+    p = get_speedrun_preset(preset)
+    out = Path(out)
+    todo = STAGES[STAGES.index(from_stage):]
+    for stage in STAGES[:STAGES.index(from_stage)]:
+        if stage != "eval" and not (out / stage / "ckpt").exists():
+            raise MMLabError(f"--from {from_stage} needs the {stage} stage's checkpoint in {out / stage}; run the "
+                             "earlier stages first")
+    for stage in todo:
+        if stage != "eval" and (out / stage / "ckpt").exists() and not overwrite:
+            raise MMLabError(f"{out / stage} already holds a run; pass --overwrite to replace the stages from "
+                             f"{from_stage} on (earlier stages are kept), or choose another --out")
+    corpus = p.corpus if _reachable(p.corpus) else "synthetic-stories"
+    if corpus != p.corpus:
+        log(f"note: {p.corpus} is not reachable (no cache, no MMLAB_DATA_MIRROR); pretraining on the built-in "
+            "synthetic-stories corpus instead")
+    extra = overrides or {}
+
+    def cfg(stage: str, train: dict[str, Any]) -> TrainConfig:
+        return TrainConfig(out_dir=str(out / stage), progress=False, **(_scaled(train, scale) | extra))
+
+    def record(stage: str, t0: float, **numbers: Any) -> None:
+        (out / stage).mkdir(parents=True, exist_ok=True)
+        (out / stage / STAGE_FILE).write_text(json.dumps({"stage": stage, "wall_s": time.perf_counter() - t0,
+                                                          **numbers}, indent=2, default=str) + "\n")
+
+    for stage in todo:
+        t0 = time.perf_counter()
+        log(f"== speedrun {preset}: {stage}")
+        if stage == "pretrain":
+            result = pretrain(p.model, corpus, cfg("pretrain", p.pretrain), tokenizer="bpe", overwrite=overwrite)
+            record("pretrain", t0, corpus=corpus, steps=result.steps, final_val_loss=result.final_val_loss,
+                   tokens_seen=result.tokens_seen)
+        elif stage == "sft":
+            run = sft(out / "pretrain", SYNTHETIC_TASKS, cfg("sft", p.sft), overwrite=overwrite, evaluate=False)
+            record("sft", t0, data=SYNTHETIC_TASKS, steps=run.result.steps, final_val_loss=run.result.final_val_loss)
+        elif stage == "dpo":
+            r = dpo(out / "sft", SYNTHETIC_PAIRS, cfg("dpo", p.dpo), beta=p.dpo_beta, overwrite=overwrite,
+                    n_generate=max(5, int(100 * scale)), max_val_pairs=max(8, int(300 * scale)))
+            record("dpo", t0, data=SYNTHETIC_PAIRS, steps=r["steps"], before=_numbers(r["before"]),
+                   after=_numbers(r["after"]))
+        elif stage == "grpo":
+            r = grpo(out / "dpo", cfg("grpo", p.grpo), overwrite=overwrite, n_heldout=max(5, int(100 * scale)),
+                     **p.grpo_options)
+            record("grpo", t0, steps=r["steps"], rollouts=r["rollouts"])
+        else:
+            evaluate_stages(out, p, scale, log)
+            record("eval", t0)
+    return write_report(out, p)
+
+
+def _numbers(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float))}
+
+
+def evaluate_stages(out: Path, p: SpeedrunPreset, scale: float = 1.0, log=print) -> dict[str, Any]:
+    """Every stage's checkpoint on the same held-out prompts: exact match and answer loss on the
+    verifiable tasks (prompts no stage trained on); the base model's val loss on its corpus."""
+    from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model
+    from mmlab.train.grpo import task_prompts
+    from mmlab.train.sft import evaluate_sft, load_sft_data
+
+    n = max(5, int(p.heldout * scale))
+    train_prompts = {c[0]["content"] for c in load_sft_data("synthetic-tasks", seed=p.sft.get("seed", 1337))}
+    heldout = [q for q in task_prompts(4 * n, seed=99_991) if q.messages[0]["content"] not in train_prompts][:n]
+    convs = [[*q.messages, {"role": "assistant", "content": q.answer}] for q in heldout]
+    results = {}
+    for stage in ("pretrain", *CHAT_STAGES):
+        ckpt = out / stage
+        if not (ckpt / "ckpt").exists():
+            continue
+        model, tok = load_model(ckpt), load_checkpoint_tokenizer(ckpt)
+        r = evaluate_sft(model, tok, convs, model.cfg.max_seq_len, max_new_tokens=12)
+        results[stage] = {k: r[k] for k in ("exact_match", "rouge_l", "answer_loss", "samples")}
+        log(f"   {stage:<9} exact match {r['exact_match']:.3f}  answer loss {r['answer_loss']:.3f}")
+    report = {"heldout_prompts": len(convs), "stages": results}
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_report(out: Path, p: SpeedrunPreset) -> dict[str, Any]:
+    """``report.json``, ``report.md`` and ``report.png`` from the stage folders."""
+    stages = {s: json.loads((out / s / STAGE_FILE).read_text()) for s in STAGES if (out / s / STAGE_FILE).is_file()}
+    evals = json.loads((out / "eval.json").read_text()) if (out / "eval.json").is_file() else {"stages": {}}
+    card = {"preset": p.name, "about": p.about, "stages": stages, "eval": evals,
+            "total_minutes": sum(s["wall_s"] for s in stages.values()) / 60}
+    (out / "report.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
+    _plot_report(out, evals)
+    lines = [f"# Speedrun report card: {p.name}", "", p.about, "",
+             "| stage | wall time (min) | what it measured |", "|---|---|---|"]
+    for name, s in stages.items():
+        what = ""
+        if name == "pretrain":
+            what = f"val loss {s.get('final_val_loss', float('nan')):.4f} on {s.get('corpus')}"
+        elif name == "sft":
+            what = f"val loss on held-out answers {s.get('final_val_loss', float('nan')):.4f}"
+        elif name == "dpo":
+            b, a = s.get("before", {}), s.get("after", {})
+            what = (f"held-out preference accuracy {b.get('accuracy', float('nan')):.3f} -> "
+                    f"{a.get('accuracy', float('nan')):.3f}, reward margin {a.get('reward_margin', float('nan')):.3f}")
+        elif name == "grpo" and s.get("rollouts"):
+            r = s["rollouts"]
+            what = f"rollout reward {r[0]['reward']:.3f} -> {r[-1]['reward']:.3f}"
+        lines.append(f"| {name} | {s['wall_s'] / 60:.1f} | {what} |")
+    lines += ["", f"Total: {card['total_minutes']:.1f} minutes.", ""]
+    if evals["stages"]:
+        lines += [f"Held-out verifiable tasks ({evals.get('heldout_prompts')} prompts no stage trained on; greedy "
+                  "answers):", "", "| after stage | exact match | ROUGE-L | answer loss (nats/token) |",
+                  "|---|---|---|---|"]
+        for name, r in evals["stages"].items():
+            lines.append(f"| {name} | {r['exact_match']:.3f} | {r['rouge_l']:.3f} | {r['answer_loss']:.3f} |")
+        lines += ["", "![report](report.png)", ""]
+        last = list(evals["stages"].values())[-1]
+        lines += ["Samples from the last stage:", ""]
+        lines += [f"- `{s['prompt']}` -> `{s['answer']}` (reference `{s['reference']}`)" for s in last["samples"]]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return card
+
+
+def _plot_report(out: Path, evals: dict[str, Any]) -> None:
+    from mmlab.lab.plots import figure
+
+    fig, axes = figure(3, width=4.8)
+    ax = axes[0][0]
+    for stage in ("pretrain", "sft"):
+        rec = [r for r in _metrics(out / stage / "metrics.jsonl") if "loss" in r]
+        if rec:
+            ax.plot([r["step"] for r in rec], [r["loss"] for r in rec], label=f"{stage} (train)")
+    ax.set(xlabel="optimizer step", ylabel="loss (nats/token)", title="pretrain and SFT loss")
+    ax.legend(fontsize=8)
+    ax = axes[0][1]
+    rec = [r for r in _metrics(out / "dpo" / "metrics.jsonl") if "loss" in r]
+    if rec:
+        ax.plot([r["step"] for r in rec], [r["loss"] for r in rec], color="C2", label="DPO loss")
+    stage = json.loads((out / "grpo" / STAGE_FILE).read_text()) if (out / "grpo" / STAGE_FILE).is_file() else {}
+    if stage.get("rollouts"):
+        ax2 = ax.twinx()
+        ax2.plot(range(1, len(stage["rollouts"]) + 1), [r["reward"] for r in stage["rollouts"]], color="C3",
+                 label="GRPO reward")
+        ax2.set_ylabel("mean rollout reward")
+        ax2.legend(loc="upper right", fontsize=8)
+    ax.set(xlabel="optimizer step (DPO) / rollout batch (GRPO)", ylabel="DPO loss", title="preference and RL stages")
+    ax.legend(loc="upper left", fontsize=8)
+    ax = axes[0][2]
+    names = list(evals["stages"])
+    ax.bar(names, [evals["stages"][n]["exact_match"] for n in names], color=[f"C{i}" for i in range(len(names))])
+    ax.set(xlabel="after stage", ylabel="held-out exact match", title="what each stage added", ylim=(0, 1))
+    fig.savefig(out / "report.png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -1,0 +1,259 @@
+"""GRPO: reinforcement learning from verifiable rewards, with group-normalised advantages.
+
+For each prompt the current policy samples G completions. Each gets a reward from a checker (exact
+answer on the synthetic tasks, plus a small format reward for ending the turn properly). Instead of a
+learned value function (PPO's critic), the baseline is the group itself: a completion's advantage is
+its reward minus the group's mean, divided by the group's standard deviation (Shao et al., 2024,
+DeepSeekMath). The policy loss is PPO's clipped surrogate per token,
+
+    -min( ratio * A, clip(ratio, 1 - eps, 1 + eps) * A ),   ratio = pi(token) / pi_old(token)
+
+plus ``kl_coef`` times an estimate of KL(pi || ref) to the frozen starting model
+(k3 = exp(ref - pi) - (ref - pi) - 1, always >= 0). A rollout batch is reused for ``ppo_epochs``
+optimizer steps: on the first, ratio = 1 and the clip is inactive; on later ones it bounds the update.
+
+``RolloutSource`` is a BatchSource that samples from the live policy, so the one ``Trainer`` runs GRPO
+like any other stage.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mmlab.data.sft import Messages
+from mmlab.data.synthetic import TaskItem, make_tasks
+from mmlab.model.lm import IGNORE_INDEX
+from mmlab.tokenizer.base import Tokenizer
+from mmlab.tokenizer.chat import IM_END, encode_chat
+
+EVAL_FILE = "grpo_eval.json"
+
+
+@dataclass(frozen=True)
+class RLPrompt:
+    messages: Messages
+    answer: str
+
+
+def task_prompts(n: int, seed: int = 0, tasks: Sequence[str] | None = None) -> list[RLPrompt]:
+    items: list[TaskItem] = make_tasks(n, seed=seed) if tasks is None else make_tasks(n, tuple(tasks), seed=seed)
+    return [RLPrompt([{"role": "user", "content": t.prompt}], t.answer) for t in items]
+
+
+def exact_reward(completion: str, answer: str, finished: bool, format_weight: float = 0.1) -> float:
+    """1 for the exact answer (spaces trimmed), plus ``format_weight`` when the turn was ended with the
+    end-of-turn token (a completion that runs on to the length limit gets no format reward)."""
+    return float(completion.strip() == answer.strip()) + (format_weight if finished else 0.0)
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """(P, G) rewards -> (P, G) advantages: per-group (r - mean) / (std + eps); a group whose completions
+    all scored the same carries no signal (advantage 0)."""
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True, unbiased=False)
+    return (rewards - mean) / (std + eps)
+
+
+class RolloutSource:
+    """Samples prompts, generates ``group_size`` completions per prompt with the current policy, scores
+    them, and returns a training batch ``(x, y, advantages, old_logprobs)``; each rollout batch is served
+    for ``ppo_epochs`` consecutive optimizer steps. ``rows`` = prompts per micro-batch."""
+
+    def __init__(self, model: torch.nn.Module, tok: Tokenizer, prompts: Sequence[RLPrompt], group_size: int = 8,
+                 max_new_tokens: int = 16, temperature: float = 1.0, ppo_epochs: int = 1,
+                 reward: Callable[[str, str, bool], float] = exact_reward):
+        if group_size < 2:
+            raise ValueError(f"group_size={group_size}: a group needs at least 2 completions to compare")
+        if not prompts:
+            raise ValueError("no prompts")
+        self.model, self.tok, self.prompts = model, tok, list(prompts)
+        self.group_size, self.max_new_tokens, self.temperature = group_size, max_new_tokens, temperature
+        self.ppo_epochs, self.reward = ppo_epochs, reward
+        self.stop = tok.token_to_id(IM_END)
+        self._cached: Any = None
+        self._served = 0
+        self.history: list[dict[str, float]] = []  # one record per rollout batch: reward, accuracy, length
+
+    @torch.no_grad()
+    def rollout(self, prompts: Sequence[RLPrompt], generator: torch.Generator) -> tuple:
+        from mmlab.infer.generate import generate
+
+        model, g = self.model, self.group_size
+        device = next(model.parameters()).device
+        rows, targets, rewards, correct, lengths = [], [], [], [], []
+        for p in prompts:
+            ids, _ = encode_chat(self.tok, p.messages, add_generation_prompt=True)
+            room = min(self.max_new_tokens, model.cfg.max_seq_len - len(ids))
+            if room <= 0:
+                raise ValueError(f"prompt of {len(ids)} tokens leaves no room to answer (max_seq_len "
+                                 f"{model.cfg.max_seq_len})")
+            seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+            outs = generate(model, [ids] * g, room, temperature=self.temperature, stop_tokens=[self.stop],
+                            seed=seed)
+            for new in outs:
+                text = self.tok.decode(new)
+                finished = len(new) < room  # stopped at <|im_end|> before the limit
+                r = self.reward(text, p.answer, finished)
+                seq = ids + new + ([self.stop] if finished else [])
+                y = [IGNORE_INDEX] * (len(ids) - 1) + seq[len(ids):]  # targets: the completion's tokens only
+                rows.append(seq[:-1])
+                targets.append(y)
+                rewards.append(r)
+                correct.append(float(text.strip() == p.answer.strip()))
+                lengths.append(len(new))
+        width = max(len(r) for r in rows)
+        x = torch.zeros(len(rows), width, dtype=torch.long)
+        y = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for i, (r, t) in enumerate(zip(rows, targets, strict=True)):
+            x[i, :len(r)] = torch.tensor(r)
+            y[i, :len(t)] = torch.tensor(t)
+        reward_t = torch.tensor(rewards).view(len(prompts), g)
+        adv = group_advantages(reward_t).view(-1)
+        was_training = model.training
+        model.eval()
+        old = token_logprobs(model, x.to(device), y.to(device)).cpu()
+        model.train(was_training)
+        self.history.append({"reward": statistics.fmean(rewards), "accuracy": statistics.fmean(correct),
+                             "length": statistics.fmean(lengths),
+                             "signal": float((reward_t.std(dim=1) > 0).float().mean())})
+        return x, y, adv, old
+
+    def sample(self, split: str, rows: int, generator: torch.Generator):
+        if self._cached is None or self._served >= self.ppo_epochs:
+            idx = torch.randint(len(self.prompts), (rows,), generator=generator).tolist()
+            self._cached = self.rollout([self.prompts[i] for i in idx], generator)
+            self._served = 0
+        self._served += 1
+        return self._cached
+
+    def slice_rows(self, batch, start: int, stop: int):
+        g = self.group_size
+        return tuple(t[start * g:stop * g] for t in batch)
+
+    def eval_batches(self, split: str):
+        return []
+
+
+def token_logprobs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log pi(y_t | x_<=t) per position (0 where y is IGNORE_INDEX): (B, T)."""
+    logits = model(x).logits.float()
+    logp = torch.gather(F.log_softmax(logits, dim=-1), 2, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return logp * (y != IGNORE_INDEX)
+
+
+class GRPOLoss:
+    """Clipped surrogate with group advantages, plus a KL penalty to the frozen reference; summed over
+    completion tokens (``count_tokens`` counts them, so the trainer's loss is a per-token mean)."""
+
+    def __init__(self, reference: torch.nn.Module | None, kl_coef: float = 0.04, clip_eps: float = 0.2):
+        if kl_coef < 0 or not 0 < clip_eps < 1:
+            raise ValueError(f"kl_coef={kl_coef} must be >= 0 and clip_eps={clip_eps} in (0, 1)")
+        if kl_coef > 0 and reference is None:
+            raise ValueError("kl_coef > 0 needs a reference model")
+        self.reference, self.kl_coef, self.clip_eps = reference, kl_coef, clip_eps
+        if reference is not None:
+            reference.eval()
+            for p in reference.parameters():
+                p.requires_grad_(False)
+
+    def __call__(self, model, batch):
+        x, y, adv, old = batch
+        mask = (y != IGNORE_INDEX).float()
+        logp = token_logprobs(model, x, y)
+        ratio = torch.exp(logp - old)
+        a = adv.unsqueeze(1)
+        surrogate = torch.minimum(ratio * a, ratio.clamp(1 - self.clip_eps, 1 + self.clip_eps) * a)
+        per_token = -surrogate
+        kl = torch.zeros((), device=x.device)
+        if self.kl_coef > 0:
+            with torch.no_grad():
+                ref = token_logprobs(self.reference.to(x.device), x, y)
+            diff = ref - logp
+            k3 = torch.exp(diff) - diff - 1
+            per_token = per_token + self.kl_coef * k3
+            kl = (k3.detach() * mask).sum() / mask.sum().clamp(min=1)
+        loss_sum = (per_token * mask).sum()
+        clipped = ((ratio - 1).abs() > self.clip_eps).float()
+        return loss_sum, int(mask.sum()), {"kl": float(kl), "clip_fraction": float((clipped * mask).sum() /
+                                                                                      mask.sum().clamp(min=1))}
+
+    def count_tokens(self, batch) -> int:
+        return int((batch[1] != IGNORE_INDEX).sum())
+
+
+# ---- the stage -------------------------------------------------------------------------------
+def grpo(base: str | Path | None, train_cfg: Any, *, group_size: int = 8, kl_coef: float = 0.04,
+         clip_eps: float = 0.2, ppo_epochs: int = 1, max_new_tokens: int = 12, temperature: float = 1.0,
+         n_prompts: int = 2000, n_heldout: int = 200, tasks: Sequence[str] | None = None, resume: bool = False,
+         overwrite: bool = False, **trainer_kwargs: Any) -> dict[str, Any]:
+    """RL-tune the checkpoint ``base`` (an SFT or DPO model) on the synthetic verifiable tasks; held-out
+    exact-match accuracy before and after, and the reward curve, go to ``grpo_eval.json``."""
+    import json
+    import time
+
+    from mmlab.errors import MMLabError
+    from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model, load_trainer_state, resolve_checkpoint
+    from mmlab.train.pretrain import clear_run
+    from mmlab.train.sft import check_chat_tokenizer, evaluate_sft
+    from mmlab.train.trainer import Trainer
+
+    out = Path(train_cfg.out_dir)
+    if resume:
+        extra = load_trainer_state(out / "ckpt").get("extra", {})
+        if extra.get("stage") != "grpo":
+            raise MMLabError(f"{out} is not a GRPO run (stage {extra.get('stage')!r}); start a new --out")
+        base = extra["base"]
+        group_size, kl_coef, clip_eps, ppo_epochs = (extra[k] for k in ("group_size", "kl_coef", "clip_eps",
+                                                                         "ppo_epochs"))
+    if base is None:
+        raise MMLabError("GRPO needs a base checkpoint")
+    if ppo_epochs > 1 and train_cfg.grad_accum > 1:
+        raise MMLabError("--ppo-epochs > 1 reuses a rollout batch over optimizer steps; with --grad-accum > 1 "
+                         "the same rollout would fill several micro-batches of one step (use one of the two)")
+    base_ckpt = resolve_checkpoint(base)
+    tok = load_checkpoint_tokenizer(base_ckpt)
+    check_chat_tokenizer(tok, str(base))
+    model = load_model(base_ckpt)
+    reference = load_model(base_ckpt) if kl_coef > 0 else None
+    prompts = task_prompts(n_prompts, seed=train_cfg.seed, tasks=tasks)
+    # held out: other seeds' items, minus any prompt that also appears in training
+    seen = {p.messages[0]["content"] for p in prompts}
+    heldout = [p for p in task_prompts(4 * n_heldout, seed=train_cfg.seed + 10_000, tasks=tasks)
+               if p.messages[0]["content"] not in seen][:n_heldout]
+    convs = [[*p.messages, {"role": "assistant", "content": p.answer}] for p in heldout]
+    block = model.cfg.max_seq_len
+
+    def measure() -> dict[str, Any]:
+        r = evaluate_sft(model, tok, convs, block, max_new_tokens=max_new_tokens)
+        return {k: r[k] for k in ("exact_match", "answer_loss", "n_generated", "samples")}
+
+    before = {} if resume else measure()
+    source = RolloutSource(model, tok, prompts, group_size=group_size, max_new_tokens=max_new_tokens,
+                           temperature=temperature, ppo_epochs=ppo_epochs)
+    if overwrite and not resume:
+        clear_run(out)
+    extra_state = {"stage": "grpo", "base": str(base), "group_size": group_size, "kl_coef": kl_coef,
+                   "clip_eps": clip_eps, "ppo_epochs": ppo_epochs}
+    trainer = Trainer(model, GRPOLoss(reference, kl_coef, clip_eps), source, train_cfg, tokenizer=tok,
+                      resume=resume, extra_state=extra_state, **trainer_kwargs)
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    if resume and (out / EVAL_FILE).is_file():
+        before = json.loads((out / EVAL_FILE).read_text()).get("before", {})
+    record = {"base": str(base), **extra_state, "before": before, "after": measure(), "rollouts": source.history,
+              "steps": result.steps, "train_s": result.elapsed_s, "wall_s": time.perf_counter() - t0,
+              "heldout_prompts": len(heldout)}
+    (out / EVAL_FILE).write_text(json.dumps(record, indent=2, default=_nan_safe) + "\n")
+    return record
+
+
+def _nan_safe(value: Any) -> Any:
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
