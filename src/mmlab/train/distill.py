@@ -46,7 +46,7 @@ class DistillLoss:
         log_t = F.log_softmax(teacher / self.t, dim=-1)
         kl = (log_t.exp() * (log_t - log_s)).sum(-1)  # KL(teacher || student) per position
         soft = (kl * mask).sum() * self.t**2
-        return self.alpha * soft + (1 - self.alpha) * hard, n, {"soft": float(soft) / max(n, 1)}
+        return self.alpha * soft + (1 - self.alpha) * hard, n, {"soft": float(soft.detach()) / max(n, 1)}
 
     def count_tokens(self, batch) -> int:
         return int((batch[1] != IGNORE_INDEX).sum())
