@@ -300,3 +300,14 @@ def test_minimind_26m_speedrun_path_runs_a_few_steps_on_cpu(tmp_path, mirror_fil
     card = speedrun(tmp_path / "run", "minimind-26m", scale=0.0005, overrides=small, log=lambda *_: None)
     assert card["preset"] == "minimind-26m" and set(card["eval"]["stages"]) == {"pretrain", "sft", "dpo", "grpo"}
     assert load_model(tmp_path / "run" / "grpo").cfg.hidden_size == 512
+
+
+def test_real_preference_data_loads_and_counts_its_identical_pairs(mirror_file, monkeypatch):
+    """preferences-1k holds a few records whose two answers are the same: skipped, counted, reported."""
+    from mmlab.train.dpo import load_preferences
+
+    monkeypatch.setenv("MMLAB_DATA_MIRROR", str(mirror_file("instruction-data-with-preference.json").parent))
+    with pytest.warns(UserWarning, match="skipped 6 record"):
+        pairs = load_preferences("preferences-1k")
+    assert len(pairs) + len(pairs.skipped) == 1100 and len(pairs.skipped) == 6
+    assert all(p.chosen.strip() != p.rejected.strip() for p in pairs)

@@ -87,10 +87,19 @@ def synthetic_pairs(n: int, seed: int = 0) -> list[PreferencePair]:
     return pairs
 
 
-def load_preferences(data: str, seed: int = 0, n_synthetic: int = 3000) -> list[PreferencePair]:
+class PreferenceData(list):
+    """The pairs, and ``skipped``: where a record had the same chosen and rejected answer (real data has
+    a few; they carry no preference). Malformed records are errors; these are counted and reported."""
+
+    def __init__(self, pairs: Sequence[PreferencePair] = (), skipped: Sequence[str] = ()):
+        super().__init__(pairs)
+        self.skipped = list(skipped)
+
+
+def load_preferences(data: str, seed: int = 0, n_synthetic: int = 3000) -> PreferenceData:
     """Pairs of ``synthetic-pairs``, a registry dataset (``preferences-1k``) or a .json/.jsonl file."""
     if data == SYNTHETIC_PAIRS:
-        return synthetic_pairs(n_synthetic, seed)
+        return PreferenceData(synthetic_pairs(n_synthetic, seed))
     from mmlab.data.corpus import iter_jsonl, read_json
 
     path = Path(data)
@@ -99,15 +108,29 @@ def load_preferences(data: str, seed: int = 0, n_synthetic: int = 3000) -> list[
 
         path = dataset_path(data)
     if path.suffix == ".jsonl":
-        pairs = [pair_from_record(r, f"{path}:{n}") for n, r in iter_jsonl(path, with_lines=True)]
+        records = [(f"{path}:{n}", r) for n, r in iter_jsonl(path, with_lines=True)]
     else:
-        records = read_json(path)
-        if not isinstance(records, list):
-            raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
-        pairs = [pair_from_record(r, f"{path}[{i}]") for i, r in enumerate(records)]
+        raw = read_json(path)
+        if not isinstance(raw, list):
+            raise DataError(f"{path}: expected a JSON list of records, got {type(raw).__name__}")
+        records = [(f"{path}[{i}]", r) for i, r in enumerate(raw)]
+    pairs, skipped = [], []
+    for where, record in records:
+        same = (isinstance(record, dict) and isinstance(record.get("chosen"), str)
+                and isinstance(record.get("rejected"), str) and record["chosen"].strip() == record["rejected"].strip()
+                and record["chosen"].strip() != "")
+        if same:
+            skipped.append(where)
+        else:
+            pairs.append(pair_from_record(record, where))
     if not pairs:
         raise DataError(f"{path}: no preference pairs")
-    return pairs
+    if skipped:
+        import warnings
+
+        warnings.warn(f"{path}: skipped {len(skipped)} record(s) whose chosen and rejected answers are the same "
+                      f"(first: {skipped[0]})", stacklevel=2)
+    return PreferenceData(pairs, skipped)
 
 
 @dataclass(frozen=True)
@@ -291,7 +314,9 @@ def dpo(base: str | Path | None, data: str | None, train_cfg: Any, *, beta: floa
     record = {"base": str(base), "data": data, "beta": beta, "before": before, "after": measure(),
               "skipped": {"train": train_skipped[:20], "val": val_skipped[:20],
                           "train_count": len(train_skipped), "val_count": len(val_skipped)},
-              "pairs": {"train": len(train_enc), "val": len(val_enc)}, "steps": result.steps,
+              "pairs": {"train": len(train_enc), "val": len(val_enc)},
+              "identical_answers_skipped": {"count": len(pairs.skipped), "first": pairs.skipped[:5]},
+              "steps": result.steps,
               "train_s": result.elapsed_s, "wall_s": time.perf_counter() - t0}
     (out / EVAL_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
