@@ -164,7 +164,7 @@ def test_pairs_stay_aligned_when_sliced_and_skips_are_counted(base_ckpt):
 
 def test_dpo_stage_learns_the_preference_and_resumes(base_ckpt, tmp_path):
     """A preference a tiny model can learn in a few steps (always answer "Yes." rather than "No."): the
-    held-out reward margin and accuracy rise from the reference's 0 and chance."""
+    held-out reward margin and accuracy rise from the reference's 0 and chance (ties count half)."""
     from mmlab.train.dpo import dpo
 
     sft(base_ckpt, "synthetic-tasks", tcfg(tmp_path / "sft"), evaluate=False)
@@ -175,6 +175,7 @@ def test_dpo_stage_learns_the_preference_and_resumes(base_ckpt, tmp_path):
                                                       eval_interval=10), beta=0.5)
     before, after = record["before"], record["after"]
     assert before["reward_margin"] == pytest.approx(0, abs=1e-5)  # the policy starts as the reference
+    assert before["accuracy"] == 0.5  # every margin is a tie: chance
     assert after["reward_margin"] > 0.5 and after["accuracy"] == 1.0 and after["loss"] < before["loss"]
     assert record["pairs"] == {"train": 54, "val": 6}
     again = dpo(None, None, TrainConfig.for_resume(tmp_path / "dpo", max_iters=22), resume=True)
@@ -213,13 +214,24 @@ def test_grpo_loss_is_the_policy_gradient_at_ratio_one_and_clips_beyond():
     loss, n, _ = objective(model, (x, y, adv, old))
     mask = (y != -100).float()
     assert n == int(mask.sum()) and loss.item() == pytest.approx(-(adv[:, None] * mask).sum().item(), rel=1e-5)
-    # pretend the sampling policy gave these tokens much lower probability: ratio >> 1 + eps, so rows with
-    # a positive advantage are clipped (no gradient), rows with a negative one are not
-    model.zero_grad()
-    loss, _, metrics = objective(model, (x, y, torch.tensor([1.0, 0.0, 0.0, 0.0]), old - 1.0))
-    assert metrics["clip_fraction"] == 1.0
-    loss.backward()
-    assert all(p.grad is None or p.grad.abs().max() == 0 for p in model.parameters())
+    # pretend the sampling policy gave these tokens much lower probability: ratio = e >> 1 + eps. The clip
+    # removes the gradient of the row with a positive advantage (it already gained enough) but not of the row
+    # with a negative one (min() keeps its unclipped, more pessimistic term)
+    def grads(advantages):
+        model.zero_grad()
+        loss, _, metrics = objective(model, (x, y, torch.tensor(advantages), old - 1.0))
+        loss.backward()
+        return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()], metrics
+
+    both, metrics = grads([1.0, -1.0, 0.0, 0.0])
+    negative_only, _ = grads([0.0, -1.0, 0.0, 0.0])
+    assert metrics["clip_fraction"] == pytest.approx(0.25)  # the positive row's tokens: a quarter of them
+    assert any(g.abs().max() > 0 for g in both)
+    for a, b in zip(both, negative_only, strict=True):
+        torch.testing.assert_close(a, b)
+    # and a rollout's first use (old = nan) means ratio 1 exactly, whatever dtype the rollout ran in
+    loss, _, metrics = objective(model, (x, y, adv, torch.full(x.shape, float("nan"))))
+    assert loss.item() == pytest.approx(-(adv[:, None] * mask).sum().item(), rel=1e-5) and metrics["clip_fraction"] == 0
 
 
 def test_grpo_stage_runs_rollouts_and_the_checkpoint_loads(base_ckpt, tmp_path):
@@ -311,3 +323,21 @@ def test_real_preference_data_loads_and_counts_its_identical_pairs(mirror_file, 
         pairs = load_preferences("preferences-1k")
     assert len(pairs) + len(pairs.skipped) == 1100 and len(pairs.skipped) == 6
     assert all(p.chosen.strip() != p.rejected.strip() for p in pairs)
+
+
+def test_grpo_learns_what_the_reward_asks_for(base_ckpt, tmp_path):
+    """A reward a tiny model can discover by sampling (answers that start with the letter "a"): the
+    rollouts' mean reward rises well above where it started."""
+    from mmlab.train.checkpoint import load_checkpoint_tokenizer
+    from mmlab.train.grpo import GRPOLoss, RLPrompt, RolloutSource
+    from mmlab.train.trainer import Trainer
+
+    model, tok = load_model(base_ckpt), load_checkpoint_tokenizer(base_ckpt)
+    prompts = [RLPrompt([{"role": "user", "content": f"Say a word ({i})."}], "") for i in range(20)]
+    source = RolloutSource(model, tok, prompts, group_size=8, max_new_tokens=3,
+                           reward=lambda text, answer, finished: float(text.lstrip().startswith("a")))
+    cfg = tcfg(tmp_path / "grpo", max_iters=40, batch_size=4, lr=1e-2, eval_interval=40, warmup_iters=0)
+    Trainer(model, GRPOLoss(None, kl_coef=0.0), source, cfg).fit()
+    rewards = [r["reward"] for r in source.history]
+    first, last = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
+    assert last > first + 0.3 and last > 0.5, rewards

@@ -618,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Tokenizer -> pretrain -> SFT -> DPO -> GRPO -> evaluation, each stage starting "
                                    "from the last one's checkpoint, then a report card (report.md, report.png): time "
                                    "per stage, losses, and every stage's held-out exact match on the verifiable tasks. "
-                                   "The laptop preset takes about 20 minutes on 2 CPU cores.")
+                                   "The laptop preset is sized for 2 CPU cores; the card records each stage's wall "
+                                   "time.")
     p.add_argument("--preset", default="laptop", help="laptop (default) or minimind-26m (for a GPU)")
     p.add_argument("--out", default="runs/speedrun", help="folder for the stages and the report")
     p.add_argument("--from", default="pretrain", choices=["pretrain", "sft", "dpo", "grpo", "eval"],

@@ -44,7 +44,7 @@ def _laptop() -> SpeedrunPreset:
                         n_kv_heads=2, max_seq_len=256, rope_theta=1e4)
     common = {"eval_batches": 10, "log_interval": 25, "seed": 1337, "device": "cpu"}
     return SpeedrunPreset(
-        name="laptop", about="4 x 192 (GQA), BPE 2048 on TinyStories; about 20 minutes on 2 CPU cores",
+        name="laptop", about="4 x 192 (GQA), BPE 2048 on TinyStories; sized for 2 CPU cores",
         model=model, corpus="tinystories-train-2mib",
         pretrain=common | {"max_iters": 1200, "batch_size": 16, "block_size": 256, "lr": 3e-3, "warmup_iters": 60,
                            "schedule": "wsd", "eval_interval": 200, "dtype": "bf16"},
@@ -180,6 +180,7 @@ def _numbers(d: dict[str, Any]) -> dict[str, Any]:
 def evaluate_stages(out: Path, p: SpeedrunPreset, scale: float = 1.0, log=print) -> dict[str, Any]:
     """Every stage's checkpoint on the same held-out prompts: exact match and answer loss on the
     verifiable tasks (prompts no stage trained on); the base model's val loss on its corpus."""
+    from mmlab.device import resolve_device
     from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model
     from mmlab.train.grpo import task_prompts
     from mmlab.train.sft import evaluate_sft, load_sft_data
@@ -193,7 +194,8 @@ def evaluate_stages(out: Path, p: SpeedrunPreset, scale: float = 1.0, log=print)
         ckpt = out / stage
         if not (ckpt / "ckpt").exists():
             continue
-        model, tok = load_model(ckpt), load_checkpoint_tokenizer(ckpt)
+        model, tok = load_model(ckpt, device=resolve_device(p.pretrain.get("device", "auto"))), \
+            load_checkpoint_tokenizer(ckpt)
         r = evaluate_sft(model, tok, convs, model.cfg.max_seq_len, max_new_tokens=12)
         results[stage] = {k: r[k] for k in ("exact_match", "rouge_l", "answer_loss", "samples")}
         log(f"   {stage:<9} exact match {r['exact_match']:.3f}  answer loss {r['answer_loss']:.3f}")

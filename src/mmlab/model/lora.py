@@ -130,6 +130,15 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise ConfigError(f"lora target_modules {cfg.target_modules} match no linear layer; the model has: "
                           f"{', '.join(linear)}")
+    shared = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(p), []).append(name)
+    for name, module in targets:
+        names = shared.get(id(module.weight), [])
+        if len(names) > 1:  # e.g. a tied LM head: merging would change the embedding too
+            others = ", ".join(n for n in names if not n.startswith(name + "."))
+            raise ConfigError(f"lora target {name!r} shares its weight with {others}; adapting it would also change "
+                              "the other (untie the embeddings, or pick other targets)")
     for p in model.parameters():
         p.requires_grad_(False)
     for name, module in targets:
@@ -203,11 +212,16 @@ def read_adapter_config(path: str | Path) -> LoRAConfig:
 def load_adapter(model: nn.Module, path: str | Path, apply: bool = True) -> list[str]:
     """Apply the adapter saved in ``path`` to a base model (``apply=False``: the model already has these
     LoRA layers; only load the tensors); every tensor must fit by name and shape."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     cfg = read_adapter_config(path)
+    weights = Path(path) / ADAPTER_WEIGHTS
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise ConfigError(f"{weights}: cannot read the adapter ({e})") from None
     names = apply_lora(model, cfg) if apply else [n for n, _ in lora_layers(model)]
-    state = load_file(str(Path(path) / ADAPTER_WEIGHTS))
     own = {k: v for k, v in model.named_parameters() if ".lora_" in k}
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:

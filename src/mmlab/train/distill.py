@@ -22,12 +22,18 @@ import torch.nn.functional as F
 from mmlab.model.lm import IGNORE_INDEX
 
 
+def check_distill_settings(temperature: float, alpha: float) -> None:
+    from mmlab.errors import ConfigError
+
+    if not temperature > 0 or not 0 <= alpha <= 1:
+        raise ConfigError(f"temperature={temperature} must be > 0 and alpha={alpha} in [0, 1]")
+
+
 class DistillLoss:
     """Soft (teacher KL at temperature T) plus hard (cross-entropy) next-token loss, summed over tokens."""
 
     def __init__(self, teacher: torch.nn.Module, temperature: float = 2.0, alpha: float = 0.5):
-        if not temperature > 0 or not 0 <= alpha <= 1:
-            raise ValueError(f"temperature={temperature} must be > 0 and alpha={alpha} in [0, 1]")
+        check_distill_settings(temperature, alpha)
         self.teacher, self.t, self.alpha = teacher.eval(), temperature, alpha
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -68,18 +74,19 @@ def distill(teacher: str | Path, data: str | None, student: Any, train_cfg: Any,
     from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model, load_trainer_state, resolve_checkpoint
     from mmlab.train.evaluate import summed_loss
     from mmlab.train.pretrain import PretrainBatches, clear_run
+    from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device
     from mmlab.train.trainer import Trainer
 
     out = Path(train_cfg.out_dir)
+    refuse_existing_run(out, resume, overwrite)
     if resume:
-        extra = load_trainer_state(out / "ckpt").get("extra", {})
-        if extra.get("stage") != "distill":
-            raise MMLabError(f"{out} is not a distillation run (stage {extra.get('stage')!r}); start a new --out")
-        teacher, data, temperature, alpha = extra["teacher"], extra["data"], extra["temperature"], extra["alpha"]
+        saved = saved_stage(out, "distill")
+        teacher, data, temperature, alpha = saved["teacher"], saved["data"], saved["temperature"], saved["alpha"]
         student = ModelConfig.from_json(resolve_checkpoint(out / "ckpt") / "config.json")
+    check_distill_settings(temperature, alpha)
     teacher_ckpt = resolve_checkpoint(teacher)
     tok = load_checkpoint_tokenizer(teacher_ckpt)
-    teacher_model = load_model(teacher_ckpt)
+    teacher_model = load_model(teacher_ckpt, device=stage_device(train_cfg))
     if data is None:
         data = load_trainer_state(teacher_ckpt).get("extra", {}).get("data") if (teacher_ckpt / "trainer_state.pt"
                                                                                 ).is_file() else None

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from mmlab.data.registry import DataError
 from mmlab.data.sft import Example, Messages, pad_batch
 from mmlab.data.synthetic import make_tasks
+from mmlab.errors import ConfigError
 from mmlab.model.lm import IGNORE_INDEX
 from mmlab.tokenizer.base import Tokenizer, TokenizerError
 from mmlab.tokenizer.chat import encode_chat, validate_messages
@@ -203,7 +204,7 @@ class DPOLoss:
 
     def __init__(self, reference: torch.nn.Module, beta: float = 0.1):
         if not beta > 0:
-            raise ValueError(f"beta={beta} must be > 0")
+            raise ConfigError(f"beta={beta} must be > 0")
         self.reference, self.beta = reference.eval(), beta
         for p in self.reference.parameters():
             p.requires_grad_(False)
@@ -223,10 +224,16 @@ class DPOLoss:
         margin = chosen - rejected
         loss_sum = -F.logsigmoid(margin).sum()
         return loss_sum, margin.numel(), {"reward_margin": margin.mean().item(),
-                                          "accuracy": (margin > 0).float().mean().item()}
+                                          "accuracy": preference_accuracy(margin)}
 
     def count_tokens(self, batch) -> int:
         return batch[0].size(0) // 2
+
+
+def preference_accuracy(margin: torch.Tensor) -> float:
+    """Share of pairs whose chosen answer has the higher implicit reward; a tie counts half (at the start
+    the policy *is* the reference, every margin is 0, and the accuracy is chance, 0.5)."""
+    return ((margin > 0).float() + 0.5 * (margin == 0).float()).mean().item()
 
 
 @torch.no_grad()
@@ -247,7 +254,7 @@ def preference_metrics(model: torch.nn.Module, objective: DPOLoss, batches: Sequ
     c, r = torch.cat(chosen), torch.cat(rejected)
     margin = c - r
     return {"loss": (-F.logsigmoid(margin)).mean().item(), "reward_margin": margin.mean().item(),
-            "accuracy": (margin > 0).float().mean().item(), "chosen_reward": c.mean().item(),
+            "accuracy": preference_accuracy(margin), "chosen_reward": c.mean().item(),
             "rejected_reward": r.mean().item(), "pairs": int(margin.numel())}
 
 
@@ -265,23 +272,27 @@ def dpo(base: str | Path | None, data: str | None, train_cfg: Any, *, beta: floa
     import time
 
     from mmlab.errors import MMLabError
-    from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model, load_trainer_state, resolve_checkpoint
+    from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model, resolve_checkpoint
     from mmlab.train.pretrain import clear_run
     from mmlab.train.sft import check_chat_tokenizer, evaluate_sft, split_heldout
+    from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device
     from mmlab.train.trainer import Trainer
 
     out = Path(train_cfg.out_dir)
+    refuse_existing_run(out, resume, overwrite)
     if resume:
-        extra = load_trainer_state(out / "ckpt").get("extra", {})
-        if extra.get("stage") != "dpo":
-            raise MMLabError(f"{out} is not a DPO run (stage {extra.get('stage')!r}); start a new --out")
-        base, data, beta = extra["base"], extra["data"], extra["beta"]
+        saved = saved_stage(out, "dpo")
+        base, data, beta, val_fraction = saved["base"], saved["data"], saved["beta"], saved["val_fraction"]
+        max_val_pairs = saved.get("max_val_pairs", max_val_pairs)
     if base is None or data is None:
         raise MMLabError("DPO needs a base checkpoint and preference data")
+    if not beta > 0:
+        raise ConfigError(f"beta={beta} must be > 0")
     base_ckpt = resolve_checkpoint(base)
     tok = load_checkpoint_tokenizer(base_ckpt)
     check_chat_tokenizer(tok, str(base))
-    model, reference = load_model(base_ckpt), load_model(base_ckpt)
+    device = stage_device(train_cfg)
+    model, reference = load_model(base_ckpt, device=device), load_model(base_ckpt, device=device)
     block = train_cfg.block_size or model.cfg.max_seq_len
     if block > model.cfg.max_seq_len:
         raise MMLabError(f"block_size={block} is longer than the base model's max_seq_len={model.cfg.max_seq_len}")
@@ -304,13 +315,13 @@ def dpo(base: str | Path | None, data: str | None, train_cfg: Any, *, beta: floa
     before = {} if resume else measure()
     if overwrite and not resume:
         clear_run(out)
-    extra_state = {"stage": "dpo", "base": str(base), "data": data, "beta": beta, "val_fraction": val_fraction}
+    extra_state = {"stage": "dpo", "base": str(base), "data": data, "beta": beta, "val_fraction": val_fraction,
+                   "max_val_pairs": max_val_pairs, "before": before}
     trainer = Trainer(model, objective, source, train_cfg, tokenizer=tok, resume=resume, extra_state=extra_state,
                       **trainer_kwargs)
+    before = trainer.extra_state.get("before", before)  # on resume: the numbers measured before the first part
     t0 = time.perf_counter()
     result = trainer.fit()
-    if resume and (out / EVAL_FILE).is_file():
-        before = json.loads((out / EVAL_FILE).read_text()).get("before", {})
     record = {"base": str(base), "data": data, "beta": beta, "before": before, "after": measure(),
               "skipped": {"train": train_skipped[:20], "val": val_skipped[:20],
                           "train_count": len(train_skipped), "val_count": len(val_skipped)},

@@ -9,8 +9,12 @@ DeepSeekMath). The policy loss is PPO's clipped surrogate per token,
     -min( ratio * A, clip(ratio, 1 - eps, 1 + eps) * A ),   ratio = pi(token) / pi_old(token)
 
 plus ``kl_coef`` times an estimate of KL(pi || ref) to the frozen starting model
-(k3 = exp(ref - pi) - (ref - pi) - 1, always >= 0). A rollout batch is reused for ``ppo_epochs``
-optimizer steps: on the first, ratio = 1 and the clip is inactive; on later ones it bounds the update.
+(k3 = exp(ref - pi) - (ref - pi) - 1, always >= 0). The loss is averaged over all completion tokens of
+the batch (the token-level variant of DAPO / Dr. GRPO; the paper averages per sequence, then per group).
+Log-probabilities are taken at the sampling temperature. A rollout batch is reused for ``ppo_epochs``
+optimizer steps: on the first, the "old" log-probabilities are the current ones (ratio exactly 1, the
+clip inactive); on later ones the ratio is measured against the log-probabilities recorded at sampling
+(computed under the same autocast dtype as training), and the clip bounds the update.
 
 ``RolloutSource`` is a BatchSource that samples from the live policy, so the one ``Trainer`` runs GRPO
 like any other stage.
@@ -30,6 +34,7 @@ import torch.nn.functional as F
 
 from mmlab.data.sft import Messages
 from mmlab.data.synthetic import TaskItem, make_tasks
+from mmlab.errors import ConfigError
 from mmlab.model.lm import IGNORE_INDEX
 from mmlab.tokenizer.base import Tokenizer
 from mmlab.tokenizer.chat import IM_END, encode_chat
@@ -69,11 +74,11 @@ class RolloutSource:
 
     def __init__(self, model: torch.nn.Module, tok: Tokenizer, prompts: Sequence[RLPrompt], group_size: int = 8,
                  max_new_tokens: int = 16, temperature: float = 1.0, ppo_epochs: int = 1,
-                 reward: Callable[[str, str, bool], float] = exact_reward):
-        if group_size < 2:
-            raise ValueError(f"group_size={group_size}: a group needs at least 2 completions to compare")
+                 reward: Callable[[str, str, bool], float] = exact_reward, amp_dtype: torch.dtype | None = None):
+        check_rollout_settings(group_size, temperature, max_new_tokens, ppo_epochs)
         if not prompts:
-            raise ValueError("no prompts")
+            raise ConfigError("no prompts")
+        self.amp_dtype = amp_dtype
         self.model, self.tok, self.prompts = model, tok, list(prompts)
         self.group_size, self.max_new_tokens, self.temperature = group_size, max_new_tokens, temperature
         self.ppo_epochs, self.reward = ppo_epochs, reward
@@ -93,8 +98,8 @@ class RolloutSource:
             ids, _ = encode_chat(self.tok, p.messages, add_generation_prompt=True)
             room = min(self.max_new_tokens, model.cfg.max_seq_len - len(ids))
             if room <= 0:
-                raise ValueError(f"prompt of {len(ids)} tokens leaves no room to answer (max_seq_len "
-                                 f"{model.cfg.max_seq_len})")
+                raise ConfigError(f"a prompt of {len(ids)} tokens leaves no room to answer (max_seq_len "
+                                  f"{model.cfg.max_seq_len}): {p.messages[-1]['content'][:60]!r}")
             seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
             outs = generate(model, [ids] * g, room, temperature=self.temperature, stop_tokens=[self.stop],
                             seed=seed)
@@ -117,10 +122,10 @@ class RolloutSource:
             y[i, :len(t)] = torch.tensor(t)
         reward_t = torch.tensor(rewards).view(len(prompts), g)
         adv = group_advantages(reward_t).view(-1)
-        was_training = model.training
-        model.eval()
-        old = token_logprobs(model, x.to(device), y.to(device)).cpu()
-        model.train(was_training)
+        old = torch.full(x.shape, float("nan"))  # nan: "use the current log-probs" (first use of a rollout)
+        if self.ppo_epochs > 1:
+            with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                old = token_logprobs(model, x.to(device), y.to(device), self.temperature).float().cpu()
         self.history.append({"reward": statistics.fmean(rewards), "accuracy": statistics.fmean(correct),
                              "length": statistics.fmean(lengths),
                              "signal": float((reward_t.std(dim=1) > 0).float().mean())})
@@ -142,9 +147,9 @@ class RolloutSource:
         return []
 
 
-def token_logprobs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """log pi(y_t | x_<=t) per position (0 where y is IGNORE_INDEX): (B, T)."""
-    logits = model(x).logits.float()
+def token_logprobs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(y_t | x_<=t) per position at a sampling temperature (0 where y is IGNORE_INDEX): (B, T)."""
+    logits = model(x).logits.float() / temperature
     logp = torch.gather(F.log_softmax(logits, dim=-1), 2, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return logp * (y != IGNORE_INDEX)
 
@@ -153,12 +158,12 @@ class GRPOLoss:
     """Clipped surrogate with group advantages, plus a KL penalty to the frozen reference; summed over
     completion tokens (``count_tokens`` counts them, so the trainer's loss is a per-token mean)."""
 
-    def __init__(self, reference: torch.nn.Module | None, kl_coef: float = 0.04, clip_eps: float = 0.2):
-        if kl_coef < 0 or not 0 < clip_eps < 1:
-            raise ValueError(f"kl_coef={kl_coef} must be >= 0 and clip_eps={clip_eps} in (0, 1)")
+    def __init__(self, reference: torch.nn.Module | None, kl_coef: float = 0.04, clip_eps: float = 0.2,
+                 temperature: float = 1.0):
+        check_loss_settings(kl_coef, clip_eps)
         if kl_coef > 0 and reference is None:
-            raise ValueError("kl_coef > 0 needs a reference model")
-        self.reference, self.kl_coef, self.clip_eps = reference, kl_coef, clip_eps
+            raise ConfigError("kl_coef > 0 needs a reference model")
+        self.reference, self.kl_coef, self.clip_eps, self.t = reference, kl_coef, clip_eps, temperature
         if reference is not None:
             reference.eval()
             for p in reference.parameters():
@@ -167,26 +172,43 @@ class GRPOLoss:
     def __call__(self, model, batch):
         x, y, adv, old = batch
         mask = (y != IGNORE_INDEX).float()
-        logp = token_logprobs(model, x, y)
+        logp = token_logprobs(model, x, y, self.t)
+        old = torch.where(torch.isnan(old), logp.detach(), old)  # first use of a rollout: ratio exactly 1
         ratio = torch.exp(logp - old)
         a = adv.unsqueeze(1)
-        surrogate = torch.minimum(ratio * a, ratio.clamp(1 - self.clip_eps, 1 + self.clip_eps) * a)
+        unclipped, clipped_obj = ratio * a, ratio.clamp(1 - self.clip_eps, 1 + self.clip_eps) * a
+        surrogate = torch.minimum(unclipped, clipped_obj)
         per_token = -surrogate
         kl = torch.zeros((), device=x.device)
         if self.kl_coef > 0:
             with torch.no_grad():
-                ref = token_logprobs(self.reference.to(x.device), x, y)
+                ref = token_logprobs(self.reference.to(x.device), x, y, self.t)
             diff = ref - logp
             k3 = torch.exp(diff) - diff - 1
             per_token = per_token + self.kl_coef * k3
             kl = (k3.detach() * mask).sum() / mask.sum().clamp(min=1)
         loss_sum = (per_token * mask).sum()
-        clipped = ((ratio - 1).abs() > self.clip_eps).float()
+        clipped = (clipped_obj < unclipped).float()  # tokens where the clip is what min() kept (no gradient)
         return loss_sum, int(mask.sum()), {"kl": float(kl), "clip_fraction": float((clipped * mask).sum() /
                                                                                       mask.sum().clamp(min=1))}
 
     def count_tokens(self, batch) -> int:
         return int((batch[1] != IGNORE_INDEX).sum())
+
+
+def check_rollout_settings(group_size: int, temperature: float, max_new_tokens: int, ppo_epochs: int) -> None:
+    if group_size < 2:
+        raise ConfigError(f"group_size={group_size}: a group needs at least 2 completions to compare")
+    if not temperature > 0:
+        raise ConfigError(f"temperature={temperature} must be > 0: at 0 every completion of a group is the same, "
+                          "so every advantage is 0 and nothing is learned")
+    if max_new_tokens < 1 or ppo_epochs < 1:
+        raise ConfigError(f"max_new_tokens={max_new_tokens} and ppo_epochs={ppo_epochs} must be >= 1")
+
+
+def check_loss_settings(kl_coef: float, clip_eps: float) -> None:
+    if not kl_coef >= 0 or not 0 < clip_eps < 1:
+        raise ConfigError(f"kl_coef={kl_coef} must be >= 0 and clip_eps={clip_eps} in (0, 1)")
 
 
 # ---- the stage -------------------------------------------------------------------------------
@@ -200,29 +222,33 @@ def grpo(base: str | Path | None, train_cfg: Any, *, group_size: int = 8, kl_coe
     import time
 
     from mmlab.errors import MMLabError
-    from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model, load_trainer_state, resolve_checkpoint
+    from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model, resolve_checkpoint
     from mmlab.train.pretrain import clear_run
     from mmlab.train.sft import check_chat_tokenizer, evaluate_sft
+    from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device
     from mmlab.train.trainer import Trainer
 
     out = Path(train_cfg.out_dir)
+    refuse_existing_run(out, resume, overwrite)
     if resume:
-        extra = load_trainer_state(out / "ckpt").get("extra", {})
-        if extra.get("stage") != "grpo":
-            raise MMLabError(f"{out} is not a GRPO run (stage {extra.get('stage')!r}); start a new --out")
-        base = extra["base"]
-        group_size, kl_coef, clip_eps, ppo_epochs = (extra[k] for k in ("group_size", "kl_coef", "clip_eps",
-                                                                         "ppo_epochs"))
+        saved = saved_stage(out, "grpo")
+        base = saved["base"]
+        group_size, kl_coef, clip_eps, ppo_epochs, max_new_tokens, temperature, n_prompts, n_heldout, tasks = (
+            saved[k] for k in ("group_size", "kl_coef", "clip_eps", "ppo_epochs", "max_new_tokens", "temperature",
+                               "n_prompts", "n_heldout", "tasks"))
     if base is None:
         raise MMLabError("GRPO needs a base checkpoint")
+    check_rollout_settings(group_size, temperature, max_new_tokens, ppo_epochs)
+    check_loss_settings(kl_coef, clip_eps)
     if ppo_epochs > 1 and train_cfg.grad_accum > 1:
         raise MMLabError("--ppo-epochs > 1 reuses a rollout batch over optimizer steps; with --grad-accum > 1 "
                          "the same rollout would fill several micro-batches of one step (use one of the two)")
     base_ckpt = resolve_checkpoint(base)
     tok = load_checkpoint_tokenizer(base_ckpt)
     check_chat_tokenizer(tok, str(base))
-    model = load_model(base_ckpt)
-    reference = load_model(base_ckpt) if kl_coef > 0 else None
+    device = stage_device(train_cfg)
+    model = load_model(base_ckpt, device=device)
+    reference = load_model(base_ckpt, device=device) if kl_coef > 0 else None
     prompts = task_prompts(n_prompts, seed=train_cfg.seed, tasks=tasks)
     # held out: other seeds' items, minus any prompt that also appears in training
     seen = {p.messages[0]["content"] for p in prompts}
@@ -235,20 +261,25 @@ def grpo(base: str | Path | None, train_cfg: Any, *, group_size: int = 8, kl_coe
         r = evaluate_sft(model, tok, convs, block, max_new_tokens=max_new_tokens)
         return {k: r[k] for k in ("exact_match", "answer_loss", "n_generated", "samples")}
 
-    before = {} if resume else measure()
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train_cfg.dtype)
     source = RolloutSource(model, tok, prompts, group_size=group_size, max_new_tokens=max_new_tokens,
-                           temperature=temperature, ppo_epochs=ppo_epochs)
+                           temperature=temperature, ppo_epochs=ppo_epochs, amp_dtype=amp)
+    before = {} if resume else measure()
     if overwrite and not resume:
         clear_run(out)
     extra_state = {"stage": "grpo", "base": str(base), "group_size": group_size, "kl_coef": kl_coef,
-                   "clip_eps": clip_eps, "ppo_epochs": ppo_epochs}
-    trainer = Trainer(model, GRPOLoss(reference, kl_coef, clip_eps), source, train_cfg, tokenizer=tok,
+                   "clip_eps": clip_eps, "ppo_epochs": ppo_epochs, "max_new_tokens": max_new_tokens,
+                   "temperature": temperature, "n_prompts": n_prompts, "n_heldout": n_heldout,
+                   "tasks": list(tasks) if tasks else None, "before": before, "rollouts": source.history}
+    trainer = Trainer(model, GRPOLoss(reference, kl_coef, clip_eps, temperature), source, train_cfg, tokenizer=tok,
                       resume=resume, extra_state=extra_state, **trainer_kwargs)
+    if resume:  # the saved state holds the earlier rollouts and the "before" numbers: continue them
+        source.history = trainer.extra_state.setdefault("rollouts", [])
+        before = trainer.extra_state.get("before", {})
     t0 = time.perf_counter()
     result = trainer.fit()
-    if resume and (out / EVAL_FILE).is_file():
-        before = json.loads((out / EVAL_FILE).read_text()).get("before", {})
-    record = {"base": str(base), **extra_state, "before": before, "after": measure(), "rollouts": source.history,
+    settings = {k: v for k, v in trainer.extra_state.items() if k not in ("before", "rollouts")}
+    record = {**settings, "before": before, "after": measure(), "rollouts": source.history,
               "steps": result.steps, "train_s": result.elapsed_s, "wall_s": time.perf_counter() - t0,
               "heldout_prompts": len(heldout)}
     (out / EVAL_FILE).write_text(json.dumps(record, indent=2, default=_nan_safe) + "\n")

@@ -31,7 +31,6 @@ from mmlab.tokenizer.chat import IM_END, IM_START, encode_chat
 from mmlab.train.checkpoint import (
     load_checkpoint_tokenizer,
     load_model,
-    load_trainer_state,
     resolve_checkpoint,
 )
 from mmlab.train.config import TrainConfig
@@ -179,18 +178,23 @@ def sft(base: str | Path, data: str, train_cfg: TrainConfig, *, mode: str = "pac
     ``lora``: train a LoRA adapter instead of every weight. Held-out quality before and after goes to
     ``<out>/sft_eval.json``."""
     from mmlab.train.pretrain import clear_run
+    from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device
 
     out = Path(train_cfg.out_dir)
+    refuse_existing_run(out, resume, overwrite)
+    if mode not in ("pack", "pad"):
+        raise MMLabError(f"mode={mode!r} is not one of: pack, pad")
     if resume:
         ckpt = resolve_checkpoint(out / "ckpt")
-        extra = load_trainer_state(ckpt).get("extra", {})
-        if extra.get("stage") != "sft":
-            raise MMLabError(f"{out} is not an SFT run (stage {extra.get('stage')!r}); start a new --out")
-        base, data = extra["base"], extra["data"]
+        saved = saved_stage(out, "sft")
+        base, data, mode, val_fraction = saved["base"], saved["data"], saved["mode"], saved["val_fraction"]
+    if base is None or data is None:
+        raise MMLabError("SFT needs a base checkpoint and data")
     base_ckpt = resolve_checkpoint(base)
     tok = load_checkpoint_tokenizer(base_ckpt)
     check_chat_tokenizer(tok, str(base))
-    model = load_model(base_ckpt)  # a LoRA base comes back merged: SFT starts from what it computes
+    # a LoRA base comes back merged: SFT starts from what it computes
+    model = load_model(base_ckpt, device=stage_device(train_cfg))
     block = train_cfg.block_size or model.cfg.max_seq_len
     if block > model.cfg.max_seq_len:
         raise MMLabError(f"block_size={block} is longer than the base model's max_seq_len={model.cfg.max_seq_len}")
@@ -214,20 +218,18 @@ def sft(base: str | Path, data: str, train_cfg: TrainConfig, *, mode: str = "pac
         clear_run(out)
     trainable, total = trainable_parameters(model)
     extra_state = {"stage": "sft", "base": str(base), "data": data, "mode": mode, "val_fraction": val_fraction,
-                   "lora": asdict(lora) if lora else None}
+                   "lora": asdict(lora) if lora else None, "before": before}
     trainer = Trainer(model, NextTokenLoss(), source, train_cfg, tokenizer=tok, resume=resume,
                       extra_state=extra_state, **trainer_kwargs)
     if resume and trainer.extra_state.get("lora") != extra_state["lora"]:
         raise MMLabError(f"{out} was trained with lora={trainer.extra_state.get('lora')}; resume it with the same "
                          "LoRA settings")
+    before = trainer.extra_state.get("before", before)  # on resume: the numbers measured before the first part
     t0 = time.perf_counter()
     result = trainer.fit()
-    exp_before = before
-    if resume and (out / EVAL_FILE).is_file():
-        exp_before = json.loads((out / EVAL_FILE).read_text()).get("before", {})
     after = evaluate_sft(model, tok, val_convs, block, max_new_tokens, n_generate) if evaluate else {}
-    run = SFTRun(result, exp_before, after, encoding, trainable, total)
-    record = run.to_dict() | {"base": str(base), "data": data, "mode": mode, "lora": extra_state["lora"],
+    run = SFTRun(result, before, after, encoding, trainable, total)
+    record = run.to_dict() | {"base": str(base), "data": data, "mode": mode, "lora": trainer.extra_state.get("lora"),
                               "wall_s": time.perf_counter() - t0}
     (out / EVAL_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return run

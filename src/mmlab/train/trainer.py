@@ -147,6 +147,7 @@ class Trainer:
         self.step = 0
         self.generator = torch.Generator().manual_seed(cfg.seed)  # data order: same on every rank
         self.history: list[dict[str, Any]] = []
+        self.step_metrics: dict[str, float] = {}
         self.last_good_ckpt: Path | None = None
         self._scaler_state: dict[str, Any] | None = None
         if resume:
@@ -265,13 +266,16 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_total = torch.zeros((), device=self.device)
+        self.step_metrics: dict[str, float] = {}  # the objective's own numbers (DPO accuracy, GRPO KL, ...)
         for i, batch in enumerate(micro):
             batch = _move(batch, self.device)
             with self.dist.no_sync(self.forward_model, last=i == len(micro) - 1), self._autocast():
-                loss_sum, _, _ = self.objective(self.forward_model, batch)
+                loss_sum, _, metrics = self.objective(self.forward_model, batch)
                 # DDP averages gradients over ranks, so scale by world / global tokens
                 loss = loss_sum * (world / global_tokens)
             self.scaler.scale(loss).backward()
+            for k, v in metrics.items():  # mean over the micro-batches of this rank
+                self.step_metrics[k] = self.step_metrics.get(k, 0.0) + float(v) / len(micro)
             loss_total += loss_sum.detach()
         grad_norm = float("nan")
         self.scaler.unscale_(self.optimizer)  # true gradients before clipping (a no-op unless fp16)
@@ -345,7 +349,7 @@ class Trainer:
                     window_t, window_tokens = now, 0
                     record = {"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, cfg),
                               "grad_norm": grad_norm, "tokens_per_s": rate, "elapsed_s": now - t0,
-                              "train_s": now - t0 - overhead}
+                              "train_s": now - t0 - overhead, **self.step_metrics}
                     self._log(record)
                     bar.update(self.step, loss, rate)
                 t_pause = time.perf_counter()
