@@ -173,7 +173,7 @@ class SFTRun:
 
 def sft(base: str | Path, data: str, train_cfg: TrainConfig, *, mode: str = "pack", val_fraction: float = 0.1,
         lora: LoRAConfig | None = None, resume: bool = False, overwrite: bool = False, n_generate: int | None = 200,
-        max_new_tokens: int = 48, evaluate: bool = True, **trainer_kwargs: Any) -> SFTRun:
+        max_new_tokens: int = 48, evaluate: bool = True, n_synthetic: int = 3000, **trainer_kwargs: Any) -> SFTRun:
     """Fine-tune the checkpoint ``base`` on the conversations of ``data`` into ``train_cfg.out_dir``.
     ``lora``: train a LoRA adapter instead of every weight. Held-out quality before and after goes to
     ``<out>/sft_eval.json``."""
@@ -188,6 +188,7 @@ def sft(base: str | Path, data: str, train_cfg: TrainConfig, *, mode: str = "pac
         ckpt = resolve_checkpoint(out / "ckpt")
         saved = saved_stage(out, "sft")
         base, data, mode, val_fraction = saved["base"], saved["data"], saved["mode"], saved["val_fraction"]
+        n_synthetic = saved.get("n_synthetic", n_synthetic)
     if base is None or data is None:
         raise MMLabError("SFT needs a base checkpoint and data")
     base_ckpt = resolve_checkpoint(base)
@@ -198,7 +199,7 @@ def sft(base: str | Path, data: str, train_cfg: TrainConfig, *, mode: str = "pac
     block = train_cfg.block_size or model.cfg.max_seq_len
     if block > model.cfg.max_seq_len:
         raise MMLabError(f"block_size={block} is longer than the base model's max_seq_len={model.cfg.max_seq_len}")
-    convs = load_sft_data(data, seed=train_cfg.seed)
+    convs = load_sft_data(data, seed=train_cfg.seed, n_synthetic=n_synthetic)
     train_convs, val_convs = split_heldout(convs, val_fraction, seed=train_cfg.seed)
     try:
         train_ex = encode_examples(tok, train_convs, max_len=block + 1, source=f"{data} conversation")
@@ -218,6 +219,7 @@ def sft(base: str | Path, data: str, train_cfg: TrainConfig, *, mode: str = "pac
         clear_run(out)
     trainable, total = trainable_parameters(model)
     extra_state = {"stage": "sft", "base": str(base), "data": data, "mode": mode, "val_fraction": val_fraction,
+                   "n_synthetic": n_synthetic,
                    "lora": asdict(lora) if lora else None, "before": before}
     trainer = Trainer(model, NextTokenLoss(), source, train_cfg, tokenizer=tok, resume=resume,
                       extra_state=extra_state, **trainer_kwargs)
