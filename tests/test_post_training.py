@@ -341,3 +341,20 @@ def test_grpo_learns_what_the_reward_asks_for(base_ckpt, tmp_path):
     rewards = [r["reward"] for r in source.history]
     first, last = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
     assert last > first + 0.3 and last > 0.5, rewards
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "grpo", "--base", "x", "--out", "o", "--tasks", "add,bogus"], "tasks ['bogus']: choose from"),
+    (["train", "grpo", "--base", "x", "--out", "o", "--temperature", "0"], "temperature=0.0 must be > 0"),
+    (["train", "dpo", "--base", "x", "--out", "o", "--beta", "0"], "beta=0.0 must be > 0"),
+    (["train", "lora", "--base", "x", "--out", "o", "--rank", "2", "--lora-dropout", "1.5"], "lora dropout"),
+    (["speedrun", "--scale", "0", "--out", "o"], "scale=0.0 must be in (0, 1]"),
+])
+def test_bad_stage_flags_are_one_clear_line_before_any_work(args, fragment, tmp_path, monkeypatch, capsys):
+    from mmlab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0]
+    assert not (tmp_path / "o").exists()  # nothing was written

@@ -240,6 +240,11 @@ def grpo(base: str | Path | None, train_cfg: Any, *, group_size: int = 8, kl_coe
         raise MMLabError("GRPO needs a base checkpoint")
     check_rollout_settings(group_size, temperature, max_new_tokens, ppo_epochs)
     check_loss_settings(kl_coef, clip_eps)
+    from mmlab.data.synthetic import TASKS
+
+    unknown = sorted(set(tasks or ()) - set(TASKS))
+    if unknown or (tasks is not None and not tasks):
+        raise ConfigError(f"tasks {unknown or tasks!r}: choose from {', '.join(TASKS)}")
     if ppo_epochs > 1 and train_cfg.grad_accum > 1:
         raise MMLabError("--ppo-epochs > 1 reuses a rollout batch over optimizer steps; with --grad-accum > 1 "
                          "the same rollout would fill several micro-batches of one step (use one of the two)")

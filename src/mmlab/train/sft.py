@@ -209,12 +209,12 @@ def sft(base: str | Path, data: str, train_cfg: TrainConfig, *, mode: str = "pac
     encoding = {"train": _encoding_report(train_ex, len(train_convs)), "val": _encoding_report(val_ex, len(val_convs))}
     source = SFTBatches(train_ex, val_ex, pad_id=0, mode=mode, block_size=block,
                         eval_batch_size=max(16, train_cfg.batch_size))
-    before = (evaluate_sft(model, tok, val_convs, block, max_new_tokens, n_generate)
-              if evaluate and not resume else {})
-    if lora is not None:
-        apply_lora(model, lora)
     if resume and not lora and (ckpt / "adapter_config.json").is_file():
         raise MMLabError(f"{out} is a LoRA run; resume it with `mmlab train lora`")
+    if lora is not None:  # before the evaluation, so bad targets fail in a second; B = 0: outputs unchanged
+        apply_lora(model, lora)
+    before = (evaluate_sft(model, tok, val_convs, block, max_new_tokens, n_generate)
+              if evaluate and not resume else {})
     if overwrite and not resume:
         clear_run(out)
     trainable, total = trainable_parameters(model)
