@@ -11,6 +11,7 @@ from mmlab.model import MiniMindLM
 from mmlab.model.hf import to_hf_state_dict, to_llama_config_dict
 from mmlab.model.lora import (
     LoRAConfig,
+    LoRALinear,
     adapter_state_dict,
     apply_lora,
     load_adapter,
@@ -149,8 +150,12 @@ def test_errors_name_the_problem(tmp_path):
         apply_lora(tied, LoRAConfig(target_modules=["lm_head"]))
     save_adapter(model, tmp_path / "a")
     other = MiniMindLM(get_preset("nano", hidden_size=32, n_heads=4, n_layers=2, vocab_size=97))
+    before = {n: (p.clone(), p.requires_grad) for n, p in other.named_parameters()}
     with pytest.raises(ConfigError, match="shape"):
         load_adapter(other, tmp_path / "a")
+    after = dict(other.named_parameters())  # a failed load leaves the model as it was
+    assert set(after) == set(before) and not any(isinstance(m, LoRALinear) for m in other.modules())
+    assert all(torch.equal(after[n], p) and after[n].requires_grad == g for n, (p, g) in before.items())
     with pytest.raises(ConfigError, match="not a LoRA adapter folder"):
         load_adapter(MiniMindLM(CFG), tmp_path)
 

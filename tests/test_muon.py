@@ -91,3 +91,21 @@ def test_muon_run_resumes_bit_identically(tmp_path):
     Trainer(resumed, NextTokenLoss(), source, TrainConfig.for_resume(tmp_path / "b", max_iters=10), resume=True).fit()
     for (name, a), b in zip(straight.named_parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_lora_factors_are_left_to_adamw():
+    """Muon orthogonalises the blocks' full matrices; LoRA's low-rank factors (and everything frozen) are not
+    in its group."""
+    from mmlab.config import ModelConfig
+    from mmlab.model.lm import MiniMindLM
+    from mmlab.model.lora import LoRAConfig, apply_lora
+    from mmlab.train.config import TrainConfig
+    from mmlab.train.optim import build_muon
+
+    model = MiniMindLM(ModelConfig(vocab_size=40, hidden_size=32, n_layers=1, n_heads=2, max_seq_len=16))
+    apply_lora(model, LoRAConfig(rank=2, target_modules=["all-linear"]))
+    opt = build_muon(model, TrainConfig(optimizer="muon"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = [names[id(p)] for g in opt.param_groups if g.get("use_muon") for p in g["params"]]
+    others = [names[id(p)] for g in opt.param_groups if not g.get("use_muon") for p in g["params"]]
+    assert not muon and others and all(".lora_" in n for n in others)

@@ -44,6 +44,38 @@ def test_heldout_split_is_fixed_and_disjoint():
     assert not {json.dumps(c) for c in a_val} & {json.dumps(c) for c in a_train}
 
 
+def test_heldout_prompts_never_repeat_a_training_prompt():
+    """The synthetic tasks repeat prompts (multiplication up to 12, a fixed toy world of facts): such
+    held-out items are dropped and counted, for conversations and for preference pairs alike."""
+    from mmlab.train.dpo import synthetic_pairs
+    from mmlab.train.sft import drop_repeated_prompts, split_prompt
+
+    train, val = split_heldout(task_conversations(600), 0.2)
+    kept, dropped = drop_repeated_prompts(train, val, lambda c: split_prompt(c)[0])
+    assert dropped > 0 and len(kept) + dropped == len(val)
+    assert not {c[0]["content"] for c in kept} & {c[0]["content"] for c in train}
+    p_train, p_val = split_heldout(synthetic_pairs(600), 0.2)
+    p_kept, p_dropped = drop_repeated_prompts(p_train, p_val, lambda p: p.prompt)
+    assert p_dropped > 0 and not {json.dumps(p.prompt) for p in p_kept} & {json.dumps(p.prompt) for p in p_train}
+
+
+def test_synthetic_pairs_always_differ_even_for_a_few_items():
+    from mmlab.train.dpo import synthetic_pairs
+
+    for n in range(1, 13):  # small n: some tasks have no other item to lend a wrong answer
+        assert all(p.chosen != p.rejected for p in synthetic_pairs(n))
+
+
+def test_loss_on_every_token_is_the_mask_ablation(base_ckpt, tmp_path):
+    masked = sft(base_ckpt, "synthetic-tasks", tcfg(tmp_path / "a"), evaluate=False, n_synthetic=200)
+    every = sft(base_ckpt, "synthetic-tasks", tcfg(tmp_path / "b"), evaluate=False, n_synthetic=200,
+                train_on_prompt=True)
+    assert every.result.tokens_seen > masked.result.tokens_seen  # prompt tokens are targets too
+    assert json.loads((tmp_path / "b" / "sft_eval.json").read_text())["train_on_prompt"] is True
+    # held-out losses count the answers only, whatever the training loss counted
+    assert every.encoding["val"] == masked.encoding["val"]
+
+
 def test_full_sft_then_lora_each_loads_the_last(base_ckpt, tmp_path):
     run = sft(base_ckpt, "synthetic-tasks", tcfg(tmp_path / "sft"), n_generate=8, max_new_tokens=8)
     assert run.trainable == run.total
@@ -346,6 +378,7 @@ def test_grpo_learns_what_the_reward_asks_for(base_ckpt, tmp_path):
 @pytest.mark.parametrize("args, fragment", [
     (["train", "grpo", "--base", "x", "--out", "o", "--tasks", "add,bogus"], "tasks ['bogus']: choose from"),
     (["train", "grpo", "--base", "x", "--out", "o", "--temperature", "0"], "temperature=0.0 must be > 0"),
+    (["train", "grpo", "--base", "x", "--out", "o", "--temperature", "1e-6"], "sampling is greedy"),
     (["train", "dpo", "--base", "x", "--out", "o", "--beta", "0"], "beta=0.0 must be > 0"),
     (["train", "lora", "--base", "x", "--out", "o", "--rank", "2", "--lora-dropout", "1.5"], "lora dropout"),
     (["speedrun", "--scale", "0", "--out", "o"], "scale=0.0 must be in (0, 1]"),

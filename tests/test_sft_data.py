@@ -80,6 +80,23 @@ def test_sft_batches_sample_both_modes(tok):
         SFTBatches([], examples, pad_id=0)
 
 
+def test_packing_is_fresh_for_every_batch_and_keeps_the_mask(tok):
+    """Pack mode lays randomly drawn examples end to end for every batch: the rows change from batch to
+    batch (no fixed neighbours to memorise), and every target in them is one of the examples' own."""
+    examples = encode_examples(tok, CONVS)
+    source = SFTBatches(examples, examples[:2], pad_id=0, mode="pack", block_size=32)
+    g = torch.Generator().manual_seed(0)
+    (x1, y1), (x2, y2) = source.sample("train", 4, g), source.sample("train", 4, g)
+    assert x1.shape == (4, 32) and not torch.equal(x1, x2)
+    x, y = pad_batch(examples, pad_id=0)
+    keep = y != IGNORE_INDEX
+    allowed = set(zip(x[keep].tolist(), y[keep].tolist(), strict=True))
+    for bx, by in ((x1, y1), (x2, y2)):
+        k = by != IGNORE_INDEX
+        assert k.any() and set(zip(bx[k].tolist(), by[k].tolist(), strict=True)) <= allowed
+        assert (by == IGNORE_INDEX).any()  # prompts stay masked
+
+
 @pytest.mark.parametrize("record, message", [
     ({"messages": [{"role": "robot", "content": "hi"}]}, r"f\[3\]: message 0: role='robot'"),
     ({"messages": [{"role": "user", "content": 7}]}, r"f\[3\]: message 0: content must be a string"),

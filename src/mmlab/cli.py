@@ -206,7 +206,8 @@ def _cmd_train_sft(args: argparse.Namespace) -> int:
     if not args.resume and not args.base:
         raise MMLabError("--base is required: the checkpoint (or run folder) to fine-tune")
     run = sft(args.base, args.data, cfg, mode=args.mode, val_fraction=args.val_fraction, lora=lora,
-              resume=args.resume, overwrite=args.overwrite, n_generate=args.eval_items)
+              resume=args.resume, overwrite=args.overwrite, n_generate=args.eval_items,
+              train_on_prompt=args.loss_on == "all")
     out = Path(cfg.out_dir)
     print(f"\ntrainable parameters: {run.trainable:,} of {run.total:,} ({run.trainable / run.total:.1%})")
     for split, rep in run.encoding.items():
@@ -552,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="synthetic-tasks (default), instructions-1k, or a .json/.jsonl file of records")
         p.add_argument("--mode", choices=["pack", "pad"], default="pack",
                        help="pack conversations end to end (default) or pad one per row")
+        p.add_argument("--loss-on", choices=["assistant", "all"], default="assistant",
+                       help="the tokens the loss counts: the assistant's answers (default) or every token "
+                            "(the ablation of the loss mask)")
         p.add_argument("--val-fraction", type=float, default=0.1, help="share of conversations held out")
         p.add_argument("--eval-items", type=_positive_int, default=200,
                        help="held-out conversations answered greedily for exact match and ROUGE-L")

@@ -168,7 +168,10 @@ def padding_share(x_rows: int, width: int, real_tokens: int) -> float:
 
 class SFTBatches:
     """A BatchSource over encoded examples: ``mode="pad"`` draws examples and pads them per batch;
-    ``mode="pack"`` draws rows of the packed stream. Evaluation uses every val example once."""
+    ``mode="pack"`` draws examples and packs them end to end into the batch's rows — a fresh packing for
+    every batch, so an example's neighbours and its place in a row change from one epoch to the next (a
+    packing made once would pair the same conversations for the whole run, which a model can memorise
+    on a small data set). Evaluation uses every val example once."""
 
     def __init__(self, train: Sequence[Example], val: Sequence[Example], pad_id: int, mode: str = "pad",
                  block_size: int = 256, eval_batch_size: int = 16, train_on_prompt: bool = False):
@@ -186,17 +189,29 @@ class SFTBatches:
                 raise DataError(f"{split} example {longest} has {len(examples[longest].ids)} tokens, more than "
                                 f"block_size + 1 = {block_size + 1}; encode with max_len={block_size + 1} "
                                 "(or raise block_size to the model's max_seq_len)")
-        if mode == "pack":
-            self.packed = pack_examples(self.train, block_size, pad_id, train_on_prompt)
+        self.block_size = block_size
+        if mode == "pack":  # each example's inputs and targets, ready to lay end to end
+            self._streams = [(torch.tensor(e.ids[:-1]), torch.tensor(targets_of(e.ids, e.mask, train_on_prompt)))
+                             for e in self.train]
+            self._mean_len = sum(len(x) for x, _ in self._streams) / len(self._streams)
         # val: always padded per example and never trained on the prompt, so every variant is measured alike
         self._eval = [pad_batch(self.val[i:i + eval_batch_size], pad_id)
                       for i in range(0, len(self.val), eval_batch_size)]
 
     def sample(self, split: str, rows: int, generator: torch.Generator):
         if self.mode == "pack":
-            x, y = self.packed
-            i = torch.randint(len(x), (rows,), generator=generator)
-            return x[i], y[i]
+            need = rows * self.block_size
+            xs, ys, have = [], [], 0
+            while have < need:  # draw examples (with replacement) until the rows are full
+                k = int((need - have) / self._mean_len) + 1
+                for j in torch.randint(len(self._streams), (k,), generator=generator).tolist():
+                    x, y = self._streams[j]
+                    xs.append(x)
+                    ys.append(y)
+                    have += len(x)
+            # the last example is cut at the batch's end (its rest is not carried over)
+            return (torch.cat(xs)[:need].view(rows, self.block_size),
+                    torch.cat(ys)[:need].view(rows, self.block_size))
         i = torch.randint(len(self.train), (rows,), generator=generator).tolist()
         return pad_batch([self.train[j] for j in i], self.pad_id, self.train_on_prompt)
 

@@ -221,17 +221,24 @@ def load_adapter(model: nn.Module, path: str | Path, apply: bool = True) -> list
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
         raise ConfigError(f"{weights}: cannot read the adapter ({e})") from None
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()} if apply else {}
     names = apply_lora(model, cfg) if apply else [n for n, _ in lora_layers(model)]
     own = {k: v for k, v in model.named_parameters() if ".lora_" in k}
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
+    wrong = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if missing or unexpected or wrong:
+        if apply:  # leave the model as it came: plain layers, the same parameters trainable
+            remove_lora(model, merge=False)
+            for n, p in model.named_parameters():
+                p.requires_grad_(trainable.get(n, True))
+        if wrong:
+            k = wrong[0]
+            raise ConfigError(f"{path}: {k} has shape {tuple(state[k].shape)}, the model expects "
+                              f"{tuple(own[k].shape)} (an adapter for another model config)")
         raise ConfigError(f"{path}: the adapter does not fit this model (missing {missing[:3]}, unexpected "
                           f"{unexpected[:3]})")
-    for k, v in state.items():
-        if v.shape != own[k].shape:
-            raise ConfigError(f"{path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)} "
-                              "(an adapter for another model config)")
-        with torch.no_grad():
+    with torch.no_grad():
+        for k, v in state.items():
             own[k].copy_(v)
     return names
 

@@ -83,9 +83,16 @@ def synthetic_pairs(n: int, seed: int = 0) -> list[PreferencePair]:
         if t.answer.lstrip("-").isdigit():
             wrong = str(int(t.answer) + rng.choice([-10, -2, -1, 1, 2, 10]))
         else:
-            wrong = next(o.answer for o in rng.sample(items, len(items)) if o.answer != t.answer and o.task == t.task)
+            wrong = next((o.answer for o in rng.sample(items, len(items)) if o.answer != t.answer and o.task == t.task),
+                         None) or _altered(t.answer)
         pairs.append(PreferencePair([{"role": "user", "content": t.prompt}], t.answer, wrong))
     return pairs
+
+
+def _altered(answer: str) -> str:
+    """A wrong answer when no other item of the task has one to lend (a small ``n``): the answer reversed,
+    or, for a palindrome, with its last character doubled."""
+    return answer[::-1] if answer[::-1] != answer else answer + answer[-1]
 
 
 class PreferenceData(list):
@@ -274,7 +281,7 @@ def dpo(base: str | Path | None, data: str | None, train_cfg: Any, *, beta: floa
     from mmlab.errors import MMLabError
     from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model, resolve_checkpoint
     from mmlab.train.pretrain import clear_run
-    from mmlab.train.sft import check_chat_tokenizer, evaluate_sft, split_heldout
+    from mmlab.train.sft import check_chat_tokenizer, drop_repeated_prompts, evaluate_sft, split_heldout
     from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device
     from mmlab.train.trainer import Trainer
 
@@ -298,6 +305,10 @@ def dpo(base: str | Path | None, data: str | None, train_cfg: Any, *, beta: floa
         raise MMLabError(f"block_size={block} is longer than the base model's max_seq_len={model.cfg.max_seq_len}")
     pairs = load_preferences(data, seed=train_cfg.seed)
     train_pairs, val_pairs = split_heldout(pairs, val_fraction, seed=train_cfg.seed)
+    val_pairs, repeats = drop_repeated_prompts(train_pairs, val_pairs, lambda p: p.prompt)
+    if not val_pairs:
+        raise DataError(f"{data}: every held-out pair repeats a prompt of the training split; use more varied "
+                        "pairs or a larger --val-fraction")
     val_pairs = val_pairs[:max_val_pairs]  # the held-out measurement's cost is bounded
     train_enc, train_skipped = encode_pairs(tok, train_pairs, block + 1, f"{data} pair")
     val_enc, val_skipped = encode_pairs(tok, val_pairs, block + 1, f"{data} held-out pair")
@@ -325,7 +336,7 @@ def dpo(base: str | Path | None, data: str | None, train_cfg: Any, *, beta: floa
     record = {"base": str(base), "data": data, "beta": beta, "before": before, "after": measure(),
               "skipped": {"train": train_skipped[:20], "val": val_skipped[:20],
                           "train_count": len(train_skipped), "val_count": len(val_skipped)},
-              "pairs": {"train": len(train_enc), "val": len(val_enc)},
+              "pairs": {"train": len(train_enc), "val": len(val_enc)}, "repeated_prompts_dropped": repeats,
               "identical_answers_skipped": {"count": len(pairs.skipped), "first": pairs.skipped[:5]},
               "steps": result.steps,
               "train_s": result.elapsed_s, "wall_s": time.perf_counter() - t0}

@@ -12,9 +12,11 @@ plus ``kl_coef`` times an estimate of KL(pi || ref) to the frozen starting model
 (k3 = exp(ref - pi) - (ref - pi) - 1, always >= 0). The loss is averaged over all completion tokens of
 the batch (the token-level variant of DAPO / Dr. GRPO; the paper averages per sequence, then per group).
 Log-probabilities are taken at the sampling temperature. A rollout batch is reused for ``ppo_epochs``
-optimizer steps: on the first, the "old" log-probabilities are the current ones (ratio exactly 1, the
-clip inactive); on later ones the ratio is measured against the log-probabilities recorded at sampling
-(computed under the same autocast dtype as training), and the clip bounds the update.
+optimizer steps. With ``ppo_epochs = 1`` the "old" log-probabilities are the current ones (ratio exactly
+1, the clip inactive: plain policy gradient with a baseline). With more, they are recorded once per
+rollout batch (under the same autocast dtype as training) and every step's ratio is measured against
+them, so the clip bounds how far the repeated steps move; with dropout > 0 even the first ratio is not
+exactly 1.
 
 ``RolloutSource`` is a BatchSource that samples from the live policy, so the one ``Trainer`` runs GRPO
 like any other stage.
@@ -197,11 +199,16 @@ class GRPOLoss:
 
 
 def check_rollout_settings(group_size: int, temperature: float, max_new_tokens: int, ppo_epochs: int) -> None:
+    from mmlab.infer.generate import GREEDY_BELOW
+
     if group_size < 2:
         raise ConfigError(f"group_size={group_size}: a group needs at least 2 completions to compare")
     if not temperature > 0:
         raise ConfigError(f"temperature={temperature} must be > 0: at 0 every completion of a group is the same, "
                           "so every advantage is 0 and nothing is learned")
+    if temperature < GREEDY_BELOW:
+        raise ConfigError(f"temperature={temperature}: GRPO samples its completions, and below {GREEDY_BELOW:g} "
+                          "sampling is greedy (every completion of a group the same, every advantage 0)")
     if max_new_tokens < 1 or ppo_epochs < 1:
         raise ConfigError(f"max_new_tokens={max_new_tokens} and ppo_epochs={ppo_epochs} must be >= 1")
 

@@ -39,12 +39,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 def build_muon(model: nn.Module, cfg: TrainConfig) -> MuonAdamW:
     """Muon for the 2-D matrices inside the blocks (attention and FFN projections); AdamW for the
-    embedding, the output layer and the norm gains (decay on matrices only, as above)."""
+    embedding, the output layer, the norm gains and LoRA's low-rank factors (decay on matrices only, as
+    above)."""
     hidden, other_matrices, vectors = [], [], []
     for name, p in model.named_parameters():  # unique: a tied matrix appears once
         if not p.requires_grad:
             continue
-        if p.dim() == 2 and name.startswith("blocks."):
+        if p.dim() == 2 and name.startswith("blocks.") and ".lora_" not in name:
             hidden.append(p)
         else:
             (other_matrices if p.dim() >= 2 else vectors).append(p)

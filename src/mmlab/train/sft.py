@@ -78,6 +78,15 @@ def split_heldout(convs: Sequence[Messages], val_fraction: float, seed: int = 0)
     return [convs[i] for i in order[:-n_val]], [convs[i] for i in order[-n_val:]]
 
 
+def drop_repeated_prompts(train: Sequence, val: Sequence, prompt_of) -> tuple[list, int]:
+    """The held-out items whose prompt (``prompt_of(item)``) never appears among the training items, and
+    how many were dropped: an answer to a prompt trained on measures memory, not generalisation (the
+    synthetic tasks draw multiplication and facts from small sets, so repeats are common)."""
+    seen = {json.dumps(prompt_of(x), sort_keys=True) for x in train}
+    kept = [x for x in val if json.dumps(prompt_of(x), sort_keys=True) not in seen]
+    return kept, len(val) - len(kept)
+
+
 def check_chat_tokenizer(tok: Tokenizer, where: str) -> None:
     missing = [t for t in (IM_START, IM_END) if tok.token_to_id(t) is None]
     if missing:
@@ -173,10 +182,12 @@ class SFTRun:
 
 def sft(base: str | Path, data: str, train_cfg: TrainConfig, *, mode: str = "pack", val_fraction: float = 0.1,
         lora: LoRAConfig | None = None, resume: bool = False, overwrite: bool = False, n_generate: int | None = 200,
-        max_new_tokens: int = 48, evaluate: bool = True, n_synthetic: int = 3000, **trainer_kwargs: Any) -> SFTRun:
+        max_new_tokens: int = 48, evaluate: bool = True, n_synthetic: int = 3000, train_on_prompt: bool = False,
+        **trainer_kwargs: Any) -> SFTRun:
     """Fine-tune the checkpoint ``base`` on the conversations of ``data`` into ``train_cfg.out_dir``.
-    ``lora``: train a LoRA adapter instead of every weight. Held-out quality before and after goes to
-    ``<out>/sft_eval.json``."""
+    ``lora``: train a LoRA adapter instead of every weight. ``train_on_prompt``: every token is a target,
+    not only the assistant's (the ablation of the loss mask; held-out losses still count answers only).
+    Held-out quality before and after goes to ``<out>/sft_eval.json``."""
     from mmlab.train.pretrain import clear_run
     from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device
 
@@ -189,6 +200,7 @@ def sft(base: str | Path, data: str, train_cfg: TrainConfig, *, mode: str = "pac
         saved = saved_stage(out, "sft")
         base, data, mode, val_fraction = saved["base"], saved["data"], saved["mode"], saved["val_fraction"]
         n_synthetic = saved.get("n_synthetic", n_synthetic)
+        train_on_prompt = saved.get("train_on_prompt", train_on_prompt)
     if base is None or data is None:
         raise MMLabError("SFT needs a base checkpoint and data")
     base_ckpt = resolve_checkpoint(base)
@@ -201,14 +213,19 @@ def sft(base: str | Path, data: str, train_cfg: TrainConfig, *, mode: str = "pac
         raise MMLabError(f"block_size={block} is longer than the base model's max_seq_len={model.cfg.max_seq_len}")
     convs = load_sft_data(data, seed=train_cfg.seed, n_synthetic=n_synthetic)
     train_convs, val_convs = split_heldout(convs, val_fraction, seed=train_cfg.seed)
+    val_convs, repeats = drop_repeated_prompts(train_convs, val_convs, lambda c: split_prompt(c)[0])
+    if not val_convs:
+        raise DataError(f"{data}: every held-out conversation repeats a prompt of the training split, so nothing "
+                        "measures generalisation; use more varied data or a larger --val-fraction")
     try:
         train_ex = encode_examples(tok, train_convs, max_len=block + 1, source=f"{data} conversation")
         val_ex = encode_examples(tok, val_convs, max_len=block + 1, source=f"{data} held-out conversation")
     except TokenizerError as e:
         raise DataError(f"{data}: {e}") from None
-    encoding = {"train": _encoding_report(train_ex, len(train_convs)), "val": _encoding_report(val_ex, len(val_convs))}
+    encoding = {"train": _encoding_report(train_ex, len(train_convs)),
+                "val": _encoding_report(val_ex, len(val_convs)) | {"repeated_prompts_dropped": repeats}}
     source = SFTBatches(train_ex, val_ex, pad_id=0, mode=mode, block_size=block,
-                        eval_batch_size=max(16, train_cfg.batch_size))
+                        eval_batch_size=max(16, train_cfg.batch_size), train_on_prompt=train_on_prompt)
     if resume and not lora and (ckpt / "adapter_config.json").is_file():
         raise MMLabError(f"{out} is a LoRA run; resume it with `mmlab train lora`")
     if lora is not None:  # before the evaluation, so bad targets fail in a second; B = 0: outputs unchanged
@@ -219,7 +236,7 @@ def sft(base: str | Path, data: str, train_cfg: TrainConfig, *, mode: str = "pac
         clear_run(out)
     trainable, total = trainable_parameters(model)
     extra_state = {"stage": "sft", "base": str(base), "data": data, "mode": mode, "val_fraction": val_fraction,
-                   "n_synthetic": n_synthetic,
+                   "n_synthetic": n_synthetic, "train_on_prompt": train_on_prompt,
                    "lora": asdict(lora) if lora else None, "before": before}
     trainer = Trainer(model, NextTokenLoss(), source, train_cfg, tokenizer=tok, resume=resume,
                       extra_state=extra_state, **trainer_kwargs)
@@ -232,6 +249,7 @@ def sft(base: str | Path, data: str, train_cfg: TrainConfig, *, mode: str = "pac
     after = evaluate_sft(model, tok, val_convs, block, max_new_tokens, n_generate) if evaluate else {}
     run = SFTRun(result, before, after, encoding, trainable, total)
     record = run.to_dict() | {"base": str(base), "data": data, "mode": mode, "lora": trainer.extra_state.get("lora"),
+                              "train_on_prompt": train_on_prompt,
                               "wall_s": time.perf_counter() - t0}
     (out / EVAL_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return run
