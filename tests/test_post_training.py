@@ -76,6 +76,19 @@ def test_loss_on_every_token_is_the_mask_ablation(base_ckpt, tmp_path):
     assert every.encoding["val"] == masked.encoding["val"]
 
 
+def test_dropped_conversations_are_named_by_their_line_in_the_file(base_ckpt, tmp_path):
+    """A prompt too long for the block leaves no answer token: the conversation is dropped, counted, and
+    named by its line in the file (not by its index in the shuffled split)."""
+    data = tmp_path / "d.jsonl"
+    lines = [{"instruction": f"Say {i}.", "output": str(i)} for i in range(30)]
+    lines[16] = {"instruction": "word " * 200, "output": "long"}  # line 17 of the file
+    data.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.warns(UserWarning, match="d.jsonl:17"):
+        run = sft(base_ckpt, str(data), tcfg(tmp_path / "r"), evaluate=False, val_fraction=0.1)
+    enc = run.encoding["train"] if run.encoding["train"]["dropped"] else run.encoding["val"]
+    assert enc["dropped"] == 1 and enc["dropped_records"] == [f"{data}:17"]
+
+
 def test_full_sft_then_lora_each_loads_the_last(base_ckpt, tmp_path):
     run = sft(base_ckpt, "synthetic-tasks", tcfg(tmp_path / "sft"), n_generate=8, max_new_tokens=8)
     assert run.trainable == run.total
@@ -391,3 +404,14 @@ def test_bad_stage_flags_are_one_clear_line_before_any_work(args, fragment, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0]
     assert not (tmp_path / "o").exists()  # nothing was written
+
+
+def test_stage_reports_are_written_by_rank_zero_only(tmp_path, monkeypatch):
+    from mmlab.train.stages import write_report
+
+    monkeypatch.setenv("RANK", "1")
+    write_report(tmp_path, "r.json", {"a": 1})
+    assert not (tmp_path / "r.json").exists()
+    monkeypatch.setenv("RANK", "0")
+    write_report(tmp_path, "r.json", {"a": 1})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1} and not (tmp_path / "r.json.tmp").exists()

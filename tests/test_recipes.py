@@ -17,7 +17,7 @@ from mmlab.recipes import RECIPES, get_recipe, recipe_overrides, run_recipe
 from mmlab.train.evaluate import summed_loss
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = ROOT / "modules" / "03-training" / "04-tiny-model"
+PROJECT = ROOT / "modules" / "03-training" / "09-tiny-model"
 
 
 def test_evaluate_split_predicts_every_token_once():

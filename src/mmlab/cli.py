@@ -213,7 +213,7 @@ def _cmd_train_sft(args: argparse.Namespace) -> int:
     for split, rep in run.encoding.items():
         if rep["cut_at_block"] or rep["dropped"]:
             print(f"{split}: {rep['cut_at_block']} conversation(s) cut at the block, {rep['dropped']} dropped "
-                  f"(no answer token left; first: {rep['dropped_indices'][:5]})")
+                  f"(no answer token left; first: {', '.join(rep['dropped_records'][:5])})")
     rows = [("answer loss (nats/token)", "answer_loss"), ("exact match", "exact_match"), ("ROUGE-L", "rouge_l")]
     if run.before:
         print(f"held out ({run.after.get('n_heldout')} conversations):   before      after")

@@ -58,15 +58,19 @@ def conversation_from_record(record: Any, where: str) -> Messages:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
 
 
-def load_conversations(path: str | Path) -> list[Messages]:
-    """Conversations of a ``.json`` list or a ``.jsonl`` file of records."""
+def load_conversations(path: str | Path, with_names: bool = False) -> Any:
+    """Conversations of a ``.json`` list or a ``.jsonl`` file of records; ``with_names``: also each one's
+    place in the file (``file:line`` or ``file[i]``), for messages about it."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        return [conversation_from_record(r, f"{path}:{n}") for n, r in iter_jsonl(path, with_lines=True)]
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return [conversation_from_record(r, f"{path}[{i}]") for i, r in enumerate(data)]
+        named = [(f"{path}:{n}", r) for n, r in iter_jsonl(path, with_lines=True)]
+    else:
+        data = read_json(path)
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        named = [(f"{path}[{i}]", r) for i, r in enumerate(data)]
+    convs = [conversation_from_record(r, where) for where, r in named]
+    return (convs, [where for where, _ in named]) if with_names else convs
 
 
 @dataclass(frozen=True)
@@ -91,18 +95,23 @@ class EncodedExamples(list):
 
 
 def encode_examples(tokenizer: Tokenizer, conversations: Sequence[Messages], max_len: int | None = None,
-                    source: str = "conversation", on_drop: str = "warn") -> EncodedExamples:
+                    source: str = "conversation", on_drop: str = "warn",
+                    names: Sequence[str] | None = None) -> EncodedExamples:
     """Template and tokenize; conversations longer than ``max_len`` tokens are cut, and kept only if a
     target token survives the cut. ``on_drop``: "warn" (count them and warn), "error" (raise on the first,
-    naming it) or "ignore" (count only)."""
+    naming it) or "ignore" (count only). ``names``: how messages name each conversation (default
+    ``"<source> <index>"``)."""
     if on_drop not in ("warn", "error", "ignore"):
         raise ValueError(f"on_drop={on_drop!r}")
+    def name(i: int) -> str:
+        return names[i] if names is not None else f"{source} {i}"
+
     out, truncated, dropped = [], 0, []
     for i, conv in enumerate(conversations):
         try:
             ids, mask = encode_chat(tokenizer, conv)
         except TokenizerError as e:
-            raise DataError(f"{source} {i}: {e}") from None
+            raise DataError(f"{name(i)}: {e}") from None
         cut = max_len is not None and len(ids) > max_len
         if cut:
             ids, mask = ids[:max_len], mask[:max_len]
@@ -110,7 +119,7 @@ def encode_examples(tokenizer: Tokenizer, conversations: Sequence[Messages], max
             out.append(Example(ids, mask))
             truncated += cut
         elif on_drop == "error":
-            raise DataError(f"{source} {i}: no assistant token to train on within max_len={max_len}; raise "
+            raise DataError(f"{name(i)}: no assistant token to train on within max_len={max_len}; raise "
                             "max_len, shorten the prompt, or give the assistant a non-empty answer")
         else:
             dropped.append(i)
@@ -118,7 +127,8 @@ def encode_examples(tokenizer: Tokenizer, conversations: Sequence[Messages], max
     if dropped and on_drop == "warn":
         import warnings
 
-        warnings.warn(f"{source}s: {result.summary()}; first dropped: {dropped[:5]}", stacklevel=2)
+        warnings.warn(f"{source}s: {result.summary()}; first dropped: {', '.join(name(i) for i in dropped[:5])}",
+                      stacklevel=2)
     return result
 
 

@@ -63,7 +63,6 @@ def distill(teacher: str | Path, data: str | None, student: Any, train_cfg: Any,
     """Train a ``student`` (a ModelConfig or preset name; its vocabulary is the teacher's) on the
     corpus ``data`` (default: the teacher's own) with the teacher's soft targets. The student's and the
     teacher's held-out losses go to ``distill_eval.json``."""
-    import json
     import time
 
     from mmlab.config import ModelConfig, get_preset
@@ -74,7 +73,7 @@ def distill(teacher: str | Path, data: str | None, student: Any, train_cfg: Any,
     from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model, load_trainer_state, resolve_checkpoint
     from mmlab.train.evaluate import summed_loss
     from mmlab.train.pretrain import PretrainBatches, clear_run
-    from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device
+    from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device, write_report
     from mmlab.train.trainer import Trainer
 
     out = Path(train_cfg.out_dir)
@@ -122,5 +121,5 @@ def distill(teacher: str | Path, data: str | None, student: Any, train_cfg: Any,
               "student_val_loss": loss_of(model), "teacher_val_loss": loss_of(teacher_model),
               "val_tokens": len(val) - 1, "steps": result.steps, "train_s": result.elapsed_s,
               "wall_s": time.perf_counter() - t0}
-    (out / "distill_eval.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_report(out, "distill_eval.json", record)
     return record

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class PreferencePair:
     prompt: Messages  # the conversation up to the answer
     chosen: str
     rejected: str
+    where: str = field(default="", compare=False)  # the record it came from ("file:line", "file[i]")
 
 
 def pair_from_record(record: Any, where: str) -> PreferencePair:
@@ -69,7 +70,7 @@ def pair_from_record(record: Any, where: str) -> PreferencePair:
         raise DataError(f"{where}: {e}") from None
     if not any(m["content"].strip() for m in prompt):
         raise DataError(f"{where}: the prompt is empty")
-    return PreferencePair(prompt, record["chosen"], record["rejected"])
+    return PreferencePair(prompt, record["chosen"], record["rejected"], where)
 
 
 def synthetic_pairs(n: int, seed: int = 0) -> list[PreferencePair]:
@@ -85,7 +86,8 @@ def synthetic_pairs(n: int, seed: int = 0) -> list[PreferencePair]:
         else:
             wrong = next((o.answer for o in rng.sample(items, len(items)) if o.answer != t.answer and o.task == t.task),
                          None) or _altered(t.answer)
-        pairs.append(PreferencePair([{"role": "user", "content": t.prompt}], t.answer, wrong))
+        pairs.append(PreferencePair([{"role": "user", "content": t.prompt}], t.answer, wrong,
+                                    f"synthetic pair {len(pairs)}"))
     return pairs
 
 
@@ -158,7 +160,7 @@ def encode_pairs(tok: Tokenizer, pairs: Sequence[PreferencePair], max_len: int,
             c_ids, c_mask = encode_chat(tok, [*p.prompt, {"role": "assistant", "content": p.chosen}])
             r_ids, r_mask = encode_chat(tok, [*p.prompt, {"role": "assistant", "content": p.rejected}])
         except TokenizerError as e:
-            raise DataError(f"{source} {i}: {e}") from None
+            raise DataError(f"{p.where or f'{source} {i}'}: {e}") from None
         c_ids, c_mask, r_ids, r_mask = c_ids[:max_len], c_mask[:max_len], r_ids[:max_len], r_mask[:max_len]
         if not any(c_mask[1:]) or not any(r_mask[1:]):
             skipped.append(i)
@@ -275,14 +277,13 @@ def dpo(base: str | Path | None, data: str | None, train_cfg: Any, *, beta: floa
     """Preference-tune the checkpoint ``base`` (usually an SFT model; it is also the frozen reference) on
     the pairs of ``data`` into ``train_cfg.out_dir``. Held-out reward margin and preference accuracy
     before and after (and, for ``synthetic-pairs``, exact-match task accuracy) go to ``dpo_eval.json``."""
-    import json
     import time
 
     from mmlab.errors import MMLabError
     from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model, resolve_checkpoint
     from mmlab.train.pretrain import clear_run
     from mmlab.train.sft import check_chat_tokenizer, drop_repeated_prompts, evaluate_sft, split_heldout
-    from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device
+    from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device, write_report
     from mmlab.train.trainer import Trainer
 
     out = Path(train_cfg.out_dir)
@@ -334,11 +335,13 @@ def dpo(base: str | Path | None, data: str | None, train_cfg: Any, *, beta: floa
     t0 = time.perf_counter()
     result = trainer.fit()
     record = {"base": str(base), "data": data, "beta": beta, "before": before, "after": measure(),
-              "skipped": {"train": train_skipped[:20], "val": val_skipped[:20],
+              # the records cut away, named by their place in the file (not in the shuffled split)
+              "skipped": {"train": [train_pairs[i].where or i for i in train_skipped[:20]],
+                          "val": [val_pairs[i].where or i for i in val_skipped[:20]],
                           "train_count": len(train_skipped), "val_count": len(val_skipped)},
               "pairs": {"train": len(train_enc), "val": len(val_enc)}, "repeated_prompts_dropped": repeats,
               "identical_answers_skipped": {"count": len(pairs.skipped), "first": pairs.skipped[:5]},
               "steps": result.steps,
               "train_s": result.elapsed_s, "wall_s": time.perf_counter() - t0}
-    (out / EVAL_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_report(out, EVAL_FILE, record)
     return record

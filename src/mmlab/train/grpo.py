@@ -225,14 +225,13 @@ def grpo(base: str | Path | None, train_cfg: Any, *, group_size: int = 8, kl_coe
          overwrite: bool = False, **trainer_kwargs: Any) -> dict[str, Any]:
     """RL-tune the checkpoint ``base`` (an SFT or DPO model) on the synthetic verifiable tasks; held-out
     exact-match accuracy before and after, and the reward curve, go to ``grpo_eval.json``."""
-    import json
     import time
 
     from mmlab.errors import MMLabError
     from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model, resolve_checkpoint
     from mmlab.train.pretrain import clear_run
     from mmlab.train.sft import check_chat_tokenizer, evaluate_sft
-    from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device
+    from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device, write_report
     from mmlab.train.trainer import Trainer
 
     out = Path(train_cfg.out_dir)
@@ -294,7 +293,7 @@ def grpo(base: str | Path | None, train_cfg: Any, *, group_size: int = 8, kl_coe
     record = {**settings, "before": before, "after": measure(), "rollouts": source.history,
               "steps": result.steps, "train_s": result.elapsed_s, "wall_s": time.perf_counter() - t0,
               "heldout_prompts": len(heldout)}
-    (out / EVAL_FILE).write_text(json.dumps(record, indent=2, default=_nan_safe) + "\n")
+    write_report(out, EVAL_FILE, record, default=_nan_safe)
     return record
 
 

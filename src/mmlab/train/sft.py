@@ -47,11 +47,13 @@ def task_conversations(n: int, seed: int = 0) -> list[Messages]:
             for t in make_tasks(n, seed=seed)]
 
 
-def load_sft_data(data: str, seed: int = 0, n_synthetic: int = 3000) -> list[Messages]:
+def load_sft_data(data: str, seed: int = 0, n_synthetic: int = 3000, with_names: bool = False) -> Any:
     """Conversations of ``data``: ``synthetic-tasks``, a registry dataset (``instructions-1k``), or a
-    ``.json`` / ``.jsonl`` file of Alpaca-style or chat-style records."""
+    ``.json`` / ``.jsonl`` file of Alpaca-style or chat-style records. ``with_names``: also where each
+    came from (``file:line``, ``file[i]``, ``synthetic task i``)."""
     if data == SYNTHETIC_TASKS:
-        return task_conversations(n_synthetic, seed)
+        convs = task_conversations(n_synthetic, seed)
+        return (convs, [f"synthetic task {i}" for i in range(len(convs))]) if with_names else convs
     path = Path(data)
     if path.suffix not in (".json", ".jsonl"):
         from mmlab.data.registry import dataset_path
@@ -59,10 +61,10 @@ def load_sft_data(data: str, seed: int = 0, n_synthetic: int = 3000) -> list[Mes
         path = dataset_path(data)
     if not path.is_file():
         raise DataError(f"SFT data {data!r}: no such file")
-    convs = load_conversations(path)
+    convs, names = load_conversations(path, with_names=True)
     if not convs:
         raise DataError(f"{path}: no conversations")
-    return convs
+    return (convs, names) if with_names else convs
 
 
 def split_heldout(convs: Sequence[Messages], val_fraction: float, seed: int = 0) -> tuple[list, list]:
@@ -189,7 +191,7 @@ def sft(base: str | Path, data: str, train_cfg: TrainConfig, *, mode: str = "pac
     not only the assistant's (the ablation of the loss mask; held-out losses still count answers only).
     Held-out quality before and after goes to ``<out>/sft_eval.json``."""
     from mmlab.train.pretrain import clear_run
-    from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device
+    from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device, write_report
 
     out = Path(train_cfg.out_dir)
     refuse_existing_run(out, resume, overwrite)
@@ -211,19 +213,23 @@ def sft(base: str | Path, data: str, train_cfg: TrainConfig, *, mode: str = "pac
     block = train_cfg.block_size or model.cfg.max_seq_len
     if block > model.cfg.max_seq_len:
         raise MMLabError(f"block_size={block} is longer than the base model's max_seq_len={model.cfg.max_seq_len}")
-    convs = load_sft_data(data, seed=train_cfg.seed, n_synthetic=n_synthetic)
-    train_convs, val_convs = split_heldout(convs, val_fraction, seed=train_cfg.seed)
-    val_convs, repeats = drop_repeated_prompts(train_convs, val_convs, lambda c: split_prompt(c)[0])
+    convs, names = load_sft_data(data, seed=train_cfg.seed, n_synthetic=n_synthetic, with_names=True)
+    # split (conversation, name) pairs, so every message names a conversation by its place in the file
+    train_named, val_named = split_heldout(list(zip(convs, names, strict=True)), val_fraction, seed=train_cfg.seed)
+    val_named, repeats = drop_repeated_prompts(train_named, val_named, lambda cn: split_prompt(cn[0])[0])
+    (train_convs, train_names), (val_convs, val_names) = (_unzip(train_named), _unzip(val_named))
     if not val_convs:
         raise DataError(f"{data}: every held-out conversation repeats a prompt of the training split, so nothing "
                         "measures generalisation; use more varied data or a larger --val-fraction")
     try:
-        train_ex = encode_examples(tok, train_convs, max_len=block + 1, source=f"{data} conversation")
-        val_ex = encode_examples(tok, val_convs, max_len=block + 1, source=f"{data} held-out conversation")
+        train_ex = encode_examples(tok, train_convs, max_len=block + 1, source=f"{data} conversation",
+                                   names=train_names)
+        val_ex = encode_examples(tok, val_convs, max_len=block + 1, source=f"{data} held-out conversation",
+                                 names=val_names)
     except TokenizerError as e:
         raise DataError(f"{data}: {e}") from None
-    encoding = {"train": _encoding_report(train_ex, len(train_convs)),
-                "val": _encoding_report(val_ex, len(val_convs)) | {"repeated_prompts_dropped": repeats}}
+    encoding = {"train": _encoding_report(train_ex, train_names),
+                "val": _encoding_report(val_ex, val_names) | {"repeated_prompts_dropped": repeats}}
     source = SFTBatches(train_ex, val_ex, pad_id=0, mode=mode, block_size=block,
                         eval_batch_size=max(16, train_cfg.batch_size), train_on_prompt=train_on_prompt)
     if resume and not lora and (ckpt / "adapter_config.json").is_file():
@@ -251,10 +257,14 @@ def sft(base: str | Path, data: str, train_cfg: TrainConfig, *, mode: str = "pac
     record = run.to_dict() | {"base": str(base), "data": data, "mode": mode, "lora": trainer.extra_state.get("lora"),
                               "train_on_prompt": train_on_prompt,
                               "wall_s": time.perf_counter() - t0}
-    (out / EVAL_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_report(out, EVAL_FILE, record)
     return run
 
 
-def _encoding_report(ex: EncodedExamples, n: int) -> dict[str, Any]:
-    return {"conversations": n, "examples": len(ex), "cut_at_block": ex.truncated, "dropped": len(ex.dropped),
-            "dropped_indices": ex.dropped[:20]}
+def _encoding_report(ex: EncodedExamples, names: Sequence[str]) -> dict[str, Any]:
+    return {"conversations": len(names), "examples": len(ex), "cut_at_block": ex.truncated, "dropped": len(ex.dropped),
+            "dropped_records": [names[i] for i in ex.dropped[:20]]}
+
+
+def _unzip(named: Sequence[tuple[Messages, str]]) -> tuple[list[Messages], list[str]]:
+    return [c for c, _ in named], [n for _, n in named]

@@ -33,3 +33,19 @@ def refuse_existing_run(out: str | Path, resume: bool, overwrite: bool) -> None:
 
 def stage_device(train_cfg: Any) -> torch.device:
     return resolve_device(train_cfg.device)
+
+
+def write_report(out: str | Path, name: str, record: dict[str, Any], **json_kwargs: Any) -> None:
+    """A stage's held-out report (``<out>/<name>``), written by rank 0 only (under DDP every rank holds the
+    same model and would write the same file at once), through a temporary file so a crash never leaves
+    half a report."""
+    import json
+
+    from mmlab.train.distributed import setup_was_main
+
+    if not setup_was_main():
+        return
+    path = Path(out) / name
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, **json_kwargs) + "\n")
+    tmp.replace(path)
