@@ -32,3 +32,17 @@ def test_recipe_throughput_benchmark_quick():
     report = json.loads(proc.stdout)
     assert [(r["dtype"], r["compile"]) for r in report["results"]] == [("fp32", False), ("bf16", False)]
     assert all(r["tokens_per_s"] > 0 for r in report["results"])
+
+
+def test_quant_decode_benchmark_quick():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quant_decode.py"), "--quick"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    by_name = {r["variant"]: r for r in report["results"]}
+    assert list(by_name) == ["fp32", "bf16", "int8", "int4-g32", "int8-cached", "int4-g32-cached"]
+    assert all(r["decode_tokens_per_s"] > 0 for r in report["results"])
+    # bytes are exact (speeds are only reported): int4 < int8 < bf16 < fp32 < fp32 + a cached copy
+    sizes = [by_name[n]["model_bytes"] for n in ("int4-g32", "int8", "bf16", "fp32", "int8-cached")]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
+    assert by_name["int8"]["logits_rel_error_vs_fp32"] < by_name["int4-g32"]["logits_rel_error_vs_fp32"]

@@ -331,6 +331,79 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from mmlab.infer.server import ServerConfig, serve
+
+    serve(args.ckpt, ServerConfig(host=args.host, port=args.port, max_tokens_limit=args.max_tokens_limit,
+                                  default_max_tokens=args.default_max_tokens, max_prompt_tokens=args.max_prompt_tokens,
+                                  queue=args.queue, model_name=args.model_name), device=args.device)
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from mmlab.infer.chat import chat
+
+    chat(args.ckpt, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+         device=args.device)
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from mmlab.infer.quant import quantize_checkpoint
+
+    r = quantize_checkpoint(args.ckpt, args.out, bits=args.bits, group_size=args.group_size,
+                            eval_tokens=args.eval_tokens, overwrite=args.overwrite)
+    mib = 2 ** 20
+    groups = f"groups of {r['group_size']}" if r["group_size"] else "one scale per output channel"
+    print(f"int{r['bits']} ({groups}): {r['layers']} linear layers, {r['quantized_params']:,} weights; kept in "
+          f"floating point: {', '.join(sorted({n.rsplit('.', 1)[-1] for n in r['kept_linear']})) or 'none'}")
+    print(f"model bytes  {r['bytes_before'] / mib:8.3f} MiB -> {r['bytes_after'] / mib:8.3f} MiB "
+          f"({r['compression']:.2f}x smaller)")
+    print(f"file bytes   {r['file_bytes_before'] / mib:8.3f} MiB -> {r['file_bytes_after'] / mib:8.3f} MiB")
+    if r["val_loss_before"] is None:
+        print(f"val loss     not measured ({r['eval']})")
+    else:
+        print(f"val loss     {r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f} ({r['val_loss_change']:+.4f} "
+              f"nats/token, perplexity x{r['perplexity_ratio']:.3f}) on {r['eval']}")
+    print(f"quantized checkpoint: {r['out']} (mmlab sample --ckpt {r['out']})")
+    return 0
+
+
+def _cmd_export_hf(args: argparse.Namespace) -> int:
+    from mmlab.hf_export import export_hf
+
+    r = export_hf(args.ckpt, args.out, overwrite=args.overwrite)
+    for note in r["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"exported {args.ckpt} -> {r['out']} ({', '.join(r['files'])}); load it with "
+          f"transformers.AutoModelForCausalLM.from_pretrained({r['out']!r})")
+    return 0
+
+
+def _cmd_import_hf(args: argparse.Namespace) -> int:
+    from mmlab.hf_export import import_hf
+
+    r = import_hf(args.hf, args.out, overwrite=args.overwrite)
+    for note in r["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"imported {args.hf} -> {r['out']} (tokenizer: {r['tokenizer'] or 'none'}); "
+          f"try: mmlab sample --ckpt {r['out']}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from mmlab.eval.tasks import check_task, format_report, run_eval
+
+    check_task(args.task)  # before loading anything: a typo fails at once
+    result = run_eval(args.ckpt, args.task, limit=args.limit, data=args.data, split=args.split, out=args.out,
+                      device=args.device, seed=args.seed, max_new_tokens=args.max_new_tokens, progress=True)
+    print(format_report(result))
+    if args.out:
+        print(f"results: {args.out}")
+    return 0
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from mmlab.quickstart import quickstart
 
@@ -647,6 +720,97 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server and a web chat page for a checkpoint",
+                       description="Serve a checkpoint over HTTP: GET / (a chat page), GET /health, GET /v1/models, "
+                                   "POST /v1/chat/completions and /v1/completions (stream true/false). One request "
+                                   "is generated at a time; up to --queue more wait, further ones get 429.")
+    p.add_argument("--ckpt", required=True, help="a checkpoint folder or a run folder holding ckpt/")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    p.add_argument("--max-tokens-limit", type=_positive_int, default=1024, help="the largest max_tokens accepted")
+    p.add_argument("--default-max-tokens", type=_positive_int, default=256,
+                   help="max_tokens of a request that gives none")
+    p.add_argument("--max-prompt-tokens", type=_positive_int, default=None,
+                   help="the longest prompt accepted (default: the model's context)")
+    p.add_argument("--queue", type=int, default=8, help="requests that may wait behind the running one (default: 8)")
+    p.add_argument("--model-name", default=None, help="the model id clients see (default: the run folder's name)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("chat", help="chat with a checkpoint in the terminal",
+                       description="Chat with a checkpoint: the conversation goes through the chat template and the "
+                                   "reply streams in. /reset forgets the conversation, /quit leaves.")
+    p.add_argument("--ckpt", required=True, help="a checkpoint folder or a run folder holding ckpt/")
+    p.add_argument("--system", default=None, help="a system message put before the conversation")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("quantize", help="int8 / int4 weight-only quantization of a checkpoint",
+                       description="Quantize a checkpoint's linear layers to int8 or int4 (symmetric, round to "
+                                   "nearest; the embedding / LM head stay in floating point) into a new checkpoint "
+                                   "folder; print the size before and after and, when the checkpoint records its "
+                                   "corpus, the held-out loss before and after.")
+    p.add_argument("--ckpt", required=True, help="a checkpoint folder or a run folder holding ckpt/")
+    p.add_argument("--bits", type=int, choices=[8, 4], required=True, help="bits per weight")
+    p.add_argument("--group-size", type=_positive_int, default=None,
+                   help="one scale per this many inputs of a row, e.g. 32, 64, 128 (default: one per row)")
+    p.add_argument("--out", required=True, help="folder for the quantized checkpoint")
+    p.add_argument("--eval-tokens", type=int, default=4096,
+                   help="held-out tokens for the loss before/after (0: skip; default 4096)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(func=_cmd_quantize)
+
+    for verb, about in (("export", "write a checkpoint as a Hugging Face folder"),
+                        ("import", "read a Hugging Face Llama folder into a checkpoint")):
+        top = sub.add_parser(verb, help=about, description=f"{about[0].upper() + about[1:]}.")
+        top_sub = top.add_subparsers(dest=f"{verb}_command", metavar="FORMAT", required=True)
+        if verb == "export":
+            p = top_sub.add_parser(
+                "hf", help="a folder transformers loads (LlamaForCausalLM + tokenizer + chat template)",
+                description="Write the checkpoint as a Hugging Face Llama folder: config.json, model.safetensors, "
+                            "generation_config.json, tokenizer.json and tokenizer_config.json (with the ChatML "
+                            "chat template). AutoModelForCausalLM and AutoTokenizer load it. Only models with the "
+                            "Llama switches can be exported; a LoRA adapter is merged in.")
+            p.add_argument("--ckpt", required=True, help="a checkpoint folder or a run folder holding ckpt/")
+            p.set_defaults(func=_cmd_export_hf)
+        else:
+            p = top_sub.add_parser(
+                "hf", help="a Llama folder (safetensors) -> an mmlab checkpoint",
+                description="Read a Hugging Face Llama folder (config.json, model.safetensors or shards, "
+                            "tokenizer.json) into an mmlab checkpoint folder that every mmlab command loads.")
+            p.add_argument("--hf", required=True, help="the Hugging Face model folder")
+            p.set_defaults(func=_cmd_import_hf)
+        p.add_argument("--out", required=True, help="the folder to write")
+        p.add_argument("--overwrite", action="store_true", help="replace an earlier export / import in --out")
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: perplexity, multiple choice, exact match",
+                       description="Evaluate a checkpoint on one task. Tasks: perplexity (loss and bits per byte on "
+                                   "--data), arc-easy-test, commonsenseqa-val, hellaswag-100 (multiple choice by "
+                                   "log-likelihood), synthetic-tasks, gsm8k-test (greedy answers, exact match). "
+                                   "Accuracies are reported next to chance with a standard error, plus a breakdown "
+                                   "and failure samples.")
+    p.add_argument("--ckpt", required=True, help="a checkpoint folder or a run folder holding ckpt/")
+    p.add_argument("--task", required=True, help="perplexity | arc-easy-test | commonsenseqa-val | hellaswag-100 | "
+                                                 "synthetic-tasks | gsm8k-test")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="the first N items (perplexity: N tokens; synthetic-tasks: N items, default 300)")
+    p.add_argument("--out", default=None, help="write the full result (breakdown, failures) to this JSON file")
+    p.add_argument("--data", default=None,
+                   help="perplexity: a corpus name (`mmlab data list`) or a .txt path (default: the run's own)")
+    p.add_argument("--split", choices=["all", "val"], default="all",
+                   help="perplexity: the whole corpus, or the part pretraining held out (val)")
+    p.add_argument("--seed", type=int, default=99_991, help="synthetic-tasks: which items are drawn")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=None,
+                   help="exact-match tasks: longest answer (default 16 synthetic, 256 GSM8K)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_eval)
 
     exp = sub.add_parser("exp", help="the tutorial's comparative experiments",
                          description="List and run the experiments under modules/.")

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mmlab.config import ModelConfig
+from mmlab.config import ModelConfig, RopeScaling
 from mmlab.errors import ConfigError
 
 # mmlab name -> HF Llama name; {i} is the layer index
@@ -107,3 +107,55 @@ def from_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict
         out.pop("lm_head.weight", None)
         out["lm_head.weight"] = out["tok_emb.weight"]
     return out
+
+
+def from_llama_config_dict(d: dict[str, Any]) -> ModelConfig:
+    """The ModelConfig of a ``transformers`` Llama config.json (inverse of to_llama_config_dict).
+
+    Reads both layouts of RoPE settings (``rope_parameters`` of transformers >= 5, ``rope_theta`` +
+    ``rope_scaling`` before). Anything our model cannot reproduce exactly is refused with the reason.
+    """
+    problems = []
+    if d.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act={d['hidden_act']!r} (mmlab's SwiGLU uses 'silu')")
+    problems += [f"{k}=true (mmlab's Llama has no biases)" for k in ("attention_bias", "mlp_bias") if d.get(k)]
+    if d.get("pretraining_tp", 1) not in (1, None):
+        problems.append(f"pretraining_tp={d['pretraining_tp']} (sliced projections)")
+    try:
+        hidden, n_heads = int(d["hidden_size"]), int(d["num_attention_heads"])
+        n_kv = int(d.get("num_key_value_heads") or n_heads)
+        fields = {"vocab_size": int(d["vocab_size"]), "hidden_size": hidden, "n_layers": int(d["num_hidden_layers"]),
+                  "n_heads": n_heads, "n_kv_heads": None if n_kv == n_heads else n_kv,
+                  "ffn_size": int(d["intermediate_size"]), "max_seq_len": int(d["max_position_embeddings"])}
+    except KeyError as e:
+        raise ConfigError(f"not a Llama config: the field {e.args[0]!r} is missing") from None
+    head_dim = d.get("head_dim") or hidden // n_heads
+    if head_dim * n_heads != hidden:
+        problems.append(f"head_dim={head_dim} != hidden_size / num_attention_heads = {hidden / n_heads:g}")
+    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    scaling = None
+    if kind == "linear":
+        scaling = RopeScaling(kind="linear", factor=float(rope["factor"]))
+    elif kind == "yarn":
+        extras = [k for k in ("attention_factor", "mscale", "mscale_all_dim") if rope.get(k) is not None]
+        if rope.get("truncate", True) is not True:
+            extras.append("truncate")
+        if extras:
+            problems.append(f"YaRN with {', '.join(extras)} (mmlab's YaRN has the paper's defaults only)")
+        factor = rope.get("factor") or fields["max_seq_len"] / rope["original_max_position_embeddings"]
+        scaling = RopeScaling(kind="yarn", factor=float(factor),
+                              original_max_seq_len=int(rope.get("original_max_position_embeddings")
+                                                       or fields["max_seq_len"]),
+                              beta_fast=float(rope.get("beta_fast") or 32.0),
+                              beta_slow=float(rope.get("beta_slow") or 1.0))
+    elif kind != "default":
+        problems.append(f"rope_type={kind!r} (mmlab has default, linear and yarn)")
+    if problems:
+        raise ConfigError("this Llama cannot be loaded as an mmlab model: " + "; ".join(problems))
+    dropout = float(d.get("attention_dropout") or 0.0)
+    return ModelConfig(**fields, norm_eps=float(d.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
+                       rope_scaling=scaling, tie_embeddings=bool(d.get("tie_word_embeddings", False)),
+                       attn_dropout=dropout or None, init_std=float(d.get("initializer_range", 0.02)),
+                       name=str(d.get("_name_or_path") or "llama"))

@@ -5,6 +5,8 @@
       config.json         ModelConfig
       tokenizer.json | char_vocab.json
       trainer_state.pt    optimizer, step, RNG states, data generator (what resume needs)
+      quant_config.json   a quantized model only (`mmlab quantize`): bits, group size, which layers; the
+                          int weights and their scales are in model.safetensors (inference only)
       adapter.safetensors, adapter_config.json
                           a LoRA run only: the adapter; model.safetensors then holds the frozen base
                           weights under their usual names, so the base is never duplicated or altered
@@ -33,6 +35,7 @@ from mmlab.model.lora import ADAPTER_CONFIG, apply_lora, load_adapter, lora_laye
 from mmlab.tokenizer.base import Tokenizer, load_tokenizer
 
 MODEL_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "config.json", "trainer_state.pt"
+QUANT_CONFIG = "quant_config.json"  # the quantized checkpoints of mmlab.infer.quant (`mmlab quantize`)
 
 
 class CheckpointError(MMLabError):
@@ -72,6 +75,8 @@ def save_checkpoint(
             _save_base_and_adapter(model, tmp)
         else:
             save_model(model, str(tmp / MODEL_FILE))
+        if getattr(model, "quant_config", None) is not None:  # a quantized model (mmlab.infer.quant)
+            model.quant_config.to_json(tmp / QUANT_CONFIG)
         model.cfg.to_json(tmp / CONFIG_FILE)
         if tokenizer is not None:
             tokenizer.save(tmp)
@@ -136,6 +141,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", merge_adapt
     folder = resolve_checkpoint(path)
     cfg = ModelConfig.from_json(folder / CONFIG_FILE)
     model = MiniMindLM(cfg)
+    if (folder / QUANT_CONFIG).is_file():  # int8 / int4 weights: build the QuantLinear layers they fill
+        from mmlab.infer.quant import QuantConfig, apply_quant_config
+
+        try:
+            apply_quant_config(model, QuantConfig.from_json(folder / QUANT_CONFIG))
+        except MMLabError as e:
+            raise CheckpointError(str(e)) from None
     load_weights(model, folder)
     if merge_adapter and any(True for _ in lora_layers(model)):
         remove_lora(model, merge=True)
@@ -150,6 +162,9 @@ def load_weights(model: MiniMindLM, path: str | Path) -> None:
         diffs = [f"{k}: checkpoint {v!r} vs model {getattr(model.cfg, k)!r}"
                  for k, v in saved.to_dict().items() if k != "name" and v != model.cfg.to_dict()[k]]
         raise CheckpointError(f"{folder} was saved with another config ({'; '.join(diffs)})")
+    if (folder / QUANT_CONFIG).is_file() and getattr(model, "quant_config", None) is None:
+        raise CheckpointError(f"{folder} holds a quantized model (inference only): load it with load_model or "
+                              "`mmlab sample`; train from the full-precision checkpoint it came from")
     try:
         state = load_file(str(folder / MODEL_FILE))
     except (SafetensorError, OSError) as e:

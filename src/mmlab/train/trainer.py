@@ -128,6 +128,8 @@ class Trainer:
         self.metrics_path = self.out / "metrics.jsonl"
         self.extra_state = extra_state or {}
         self.on_log = on_log
+        if getattr(model, "quant_config", None) is not None:  # QuantLinear weights are frozen int buffers
+            raise MMLabError("the model is quantized (inference only); train the full-precision checkpoint instead")
         if self.out.exists() and not self.out.is_dir():
             raise MMLabError(f"--out {self.out} is a file, not a folder")
         has_ckpt = any((self.out / n).exists() for n in ("ckpt", "ckpt.old"))

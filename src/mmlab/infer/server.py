@@ -1,0 +1,741 @@
+"""An OpenAI-compatible HTTP server for a checkpoint, built on the standard library alone.
+
+    mmlab serve --ckpt runs/sft            # then open http://127.0.0.1:8000/ for a chat page, or:
+    curl http://127.0.0.1:8000/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi"}]}'
+
+Endpoints: ``GET /`` (the chat page), ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``
+and ``POST /v1/completions``, with or without ``"stream": true`` (Server-Sent Events in OpenAI's chunk
+format, ending with ``data: [DONE]``). Sampling fields: temperature, top_p, max_tokens, stop, seed, and
+two extensions OpenAI does not have, top_k and repetition_penalty.
+
+How it is built, and why:
+  * ``ThreadingHTTPServer`` gives every connection a thread, which is all an HTTP front end needs.
+  * The model lives in one worker thread (``Engine``) that generates one request at a time. A CPU
+    decoder is compute-bound, so running requests side by side would only make each one slower; one
+    at a time also means nobody else ever touches the model or its KV cache. Requests wait in a
+    bounded queue; when it is full the server answers 429 at once rather than letting waits grow.
+  * The worker writes text pieces into a per-request queue and the connection's thread sends them,
+    so a slow or vanished client never holds up the model: a failed write cancels the request, and
+    the worker drops it at its next token.
+  * Every error a client can cause is a 4xx JSON body in OpenAI's shape
+    ``{"error": {"message", "type", "param", "code"}}``; a bug is a 500 with no traceback sent (it is logged).
+
+Prompts longer than the model's context (or ``max_prompt_tokens``) are refused. A reply may run past the
+context: generation then slides a window over the last ``max_seq_len`` tokens (see ``infer/generate.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mmlab.errors import MMLabError
+from mmlab.infer.completion import Completion
+from mmlab.infer.generate import SamplingParams
+from mmlab.infer.sample import start_ids
+from mmlab.model.lm import MiniMindLM
+from mmlab.tokenizer.base import Tokenizer, TokenizerError
+from mmlab.tokenizer.chat import encode_chat
+
+log = logging.getLogger("mmlab.server")
+
+KEEPALIVE_S = 2.0  # an SSE comment this often while a stream waits, so a vanished client is noticed
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits of one server. ``max_prompt_tokens`` None means the model's context (``max_seq_len``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_tokens_limit: int = 1024  # the largest max_tokens a request may ask for
+    default_max_tokens: int = 256  # used when a request gives none (capped by max_tokens_limit)
+    max_prompt_tokens: int | None = None
+    queue: int = 8  # requests that may wait behind the one being generated
+    max_body_bytes: int = 1 << 20
+    model_name: str | None = None  # the id in /v1/models; default: the checkpoint's run folder name
+    timeout_s: float = 60.0  # a connection that sends or reads nothing for this long is closed
+
+    def validate(self) -> None:
+        for name in ("max_tokens_limit", "default_max_tokens", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise MMLabError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise MMLabError(f"max_prompt_tokens={self.max_prompt_tokens} must be >= 1")
+        if self.queue < 0:
+            raise MMLabError(f"queue={self.queue} must be >= 0")
+        if not 0 <= self.port <= 65535:
+            raise MMLabError(f"port={self.port} must be in 0..65535 (0 = any free port)")
+
+
+class APIError(Exception):
+    """An error answered to the client as ``{"error": {...}}`` with an HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading a request: every field is checked for its JSON type before anything uses it.
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "boolean"), (str, "string"), (int, "integer"), (float, "number"), (list, "array"),
+                       (dict, "object")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _number(body: dict, name: str, default: float | None) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise APIError(400, f"{name} must be a number, got {_json_type(value)} {json.dumps(value)}", name,
+                       "invalid_type")
+    return float(value)
+
+
+def _integer(body: dict, name: str, default: int | None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise APIError(400, f"{name} must be an integer, got {_json_type(value)} {json.dumps(value)}", name,
+                       "invalid_type")
+    return value
+
+
+def _boolean(body: dict, name: str, default: bool) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise APIError(400, f"{name} must be a boolean, got {_json_type(value)}", name, "invalid_type")
+    return value
+
+
+@dataclass
+class GenerationRequest:
+    """What the worker needs: prompt ids, limits, sampling, stop strings; and how to answer."""
+
+    kind: str  # "chat" or "completion"
+    prompt_ids: list[int]
+    max_tokens: int
+    params: SamplingParams
+    stop: list[str]
+    seed: int | None
+    stream: bool
+    include_usage: bool
+    echo: str = ""  # completions with echo: the prompt text, sent before the reply
+
+
+def _stop_strings(body: dict) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise APIError(400, f"stop must be a string or an array of strings, got {_json_type(stop)}", "stop",
+                       "invalid_type")
+    if len(stop) > 4:
+        raise APIError(400, f"stop may hold at most 4 strings, got {len(stop)}", "stop", "invalid_value")
+    return [s for s in stop if s]
+
+
+def _sampling(body: dict, cfg: ServerConfig) -> tuple[SamplingParams, int, int | None]:
+    """(sampling params, max_tokens, seed), every value checked; range errors come from SamplingParams."""
+    for name in ("presence_penalty", "frequency_penalty"):  # OpenAI's; ours is repetition_penalty
+        if _number(body, name, 0.0) != 0.0:
+            raise APIError(400, f"{name} is not supported; use repetition_penalty (1 = off, 1.1 = mild)", name,
+                           "unsupported_parameter")
+    if _integer(body, "n", 1) != 1:
+        raise APIError(400, "n must be 1: this server generates one choice per request", "n", "unsupported_value")
+    if body.get("logprobs") not in (None, False, 0):
+        raise APIError(400, "logprobs are not supported by this server", "logprobs", "unsupported_parameter")
+    temperature = _number(body, "temperature", 1.0)
+    top_p = _number(body, "top_p", None)
+    repetition_penalty = _number(body, "repetition_penalty", 1.0)
+    top_k = _integer(body, "top_k", None)
+    params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
+    try:
+        params.validate()
+    except MMLabError as e:  # its message starts with the field's name: "top_p=1.5 must be in (0, 1]"
+        raise APIError(400, str(e), str(e).split("=")[0], "invalid_value") from None
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _integer(body, name, min(cfg.default_max_tokens, cfg.max_tokens_limit))
+    if not 1 <= max_tokens <= cfg.max_tokens_limit:
+        raise APIError(400, f"{name}={max_tokens} must be between 1 and this server's limit of "
+                            f"{cfg.max_tokens_limit}", name, "invalid_value")
+    seed = _integer(body, "seed", None)
+    if seed is not None and not -(1 << 63) <= seed < (1 << 64):
+        raise APIError(400, f"seed={seed} must fit in 64 bits", "seed", "invalid_value")
+    return params, max_tokens, seed
+
+
+def _stream_flags(body: dict) -> tuple[bool, bool]:
+    stream = _boolean(body, "stream", False)
+    options = body.get("stream_options")
+    if options is None:
+        return stream, False
+    if not isinstance(options, dict):
+        raise APIError(400, f"stream_options must be an object, got {_json_type(options)}", "stream_options",
+                       "invalid_type")
+    return stream, _boolean(options, "include_usage", False)
+
+
+def _message_text(i: int, content: Any) -> str:
+    """A message's content: a string, or OpenAI's array of parts of which only text parts are understood."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise APIError(400, f"messages[{i}].content: only text parts ({{\"type\": \"text\", \"text\": ...}}) "
+                                    "are supported", f"messages[{i}].content", "invalid_value")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise APIError(400, f"messages[{i}].content must be a string, got {_json_type(content)}",
+                   f"messages[{i}].content", "invalid_type")
+
+
+def _chat_messages(body: dict) -> list[dict[str, str]]:
+    messages = body.get("messages")
+    if messages is None:
+        raise APIError(400, "messages is required: an array of {role, content} objects", "messages", "missing")
+    if not isinstance(messages, list):
+        raise APIError(400, f"messages must be an array, got {_json_type(messages)}", "messages", "invalid_type")
+    if not messages:
+        raise APIError(400, "messages must hold at least one message", "messages", "invalid_value")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise APIError(400, f"messages[{i}] must be an object, got {_json_type(m)}", f"messages[{i}]",
+                           "invalid_type")
+        role = m.get("role")
+        role = "system" if role == "developer" else role  # OpenAI's newer name for the system role
+        if role not in ("system", "user", "assistant"):
+            raise APIError(400, f"messages[{i}].role={json.dumps(m.get('role'))} is not one of system, user, "
+                                "assistant", f"messages[{i}].role", "invalid_value")
+        out.append({"role": role, "content": _message_text(i, m.get("content"))})
+    return out
+
+
+def _completion_prompt(body: dict, tokenizer: Tokenizer) -> tuple[list[int], str]:
+    """(ids, text) of the prompt: a string, a one-string array, or an array of token ids."""
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise APIError(400, "prompt is required (a string)", "prompt", "missing")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        try:
+            return start_ids(tokenizer, prompt), prompt
+        except TokenizerError as e:
+            raise APIError(400, f"prompt cannot be encoded by this model's tokenizer: {e}", "prompt",
+                           "invalid_value") from None
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        if not all(0 <= t < tokenizer.vocab_size for t in prompt):
+            raise APIError(400, f"prompt holds token ids outside the vocabulary [0, {tokenizer.vocab_size})",
+                           "prompt", "invalid_value")
+        return list(prompt), tokenizer.decode(list(prompt))
+    raise APIError(400, "prompt must be a string or an array of token ids (one prompt per request)", "prompt",
+                   "invalid_type")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The engine: one worker thread owns the model.
+
+class Job:
+    """A request in the engine. The worker puts ("text", str), then ("done", Completion) or ("error", str)."""
+
+    def __init__(self, request: GenerationRequest):
+        self.request = request
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.cancelled = threading.Event()
+
+
+class Engine:
+    """Generates one request at a time, in order; at most ``1 + queue_size`` requests are admitted."""
+
+    def __init__(self, model: MiniMindLM, tokenizer: Tokenizer, queue_size: int = 8):
+        self.model, self.tokenizer = model, tokenizer
+        self.queue_size = queue_size
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._admitted = 0  # waiting + being generated; at most queue_size + 1
+        self._lock = threading.Lock()
+        self._worker = threading.Thread(target=self._work, name="mmlab-engine", daemon=True)
+        self._worker.start()
+
+    @property
+    def admitted(self) -> int:
+        """Requests waiting or being generated."""
+        return self._admitted
+
+    def submit(self, request: GenerationRequest) -> Job:
+        with self._lock:
+            if self._admitted > self.queue_size:  # the queue is full, besides the one being generated
+                raise APIError(429, f"the server is busy: {self._admitted} requests are already waiting or "
+                                    "running; retry shortly", None, "queue_full", type="rate_limit_error")
+            self._admitted += 1
+        job = Job(request)
+        self._jobs.put(job)
+        return job
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._worker.join(timeout=10)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._admitted -= 1
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                if not job.cancelled.is_set():
+                    self._run(job)
+            except Exception:  # a bug, not bad input: log it, tell the client without details
+                log.exception("generation failed")
+                job.events.put(("error", "internal error while generating; see the server log"))
+            finally:
+                self._release()
+
+    def _run(self, job: Job) -> None:
+        r = job.request
+        done = Completion(self.model, self.tokenizer, r.prompt_ids, r.max_tokens, r.params, r.stop, r.seed)
+        pieces = iter(done)
+        try:
+            for piece in pieces:
+                if job.cancelled.is_set():
+                    return  # nobody is listening: stop spending compute on it
+                job.events.put(("text", piece))
+        finally:
+            pieces.close()
+        job.events.put(("done", done))
+
+
+# ---------------------------------------------------------------------------------------------------
+# HTTP
+
+def _usage(done: Completion) -> dict[str, int]:
+    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens}
+
+
+class _ClientGone(Exception):
+    """The client closed the connection while we were answering."""
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ChatServer
+    server_version = "mmlab"
+
+    def setup(self) -> None:
+        self.timeout = self.server.config.timeout_s  # read by StreamRequestHandler.setup
+        self.started = time.perf_counter()
+        super().setup()
+
+    # --- answering ---------------------------------------------------------------------------------
+
+    def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _send_error(self, e: APIError, headers: dict[str, str] | None = None) -> None:
+        self.note = e.code or e.type
+        self._send_json(e.status, e.body(), headers)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (a malformed request line, an unknown method): JSON too, and logged."""
+        self.close_connection = True
+        self.request_version = "HTTP/1.0"  # a garbled request line counts as HTTP/0.9, which gets no status line
+        self.note = "rejected by http.server"
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        self.status = code
+        self._send_json(code, APIError(code, message or phrase).body())
+        self._log_line()
+
+    def parse_request(self) -> bool:
+        self.started = time.perf_counter()
+        return super().parse_request()
+
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        self.status = int(code) if str(code).isdigit() else code  # the line is written when the request ends
+
+    def log_message(self, format: str, *args: Any) -> None:  # silence http.server's own stderr lines
+        pass
+
+    def _log_line(self) -> None:
+        elapsed = time.perf_counter() - self.started
+        note = getattr(self, "note", "")
+        log.info('%s "%s %s" %s%s %.3fs', self.client_address[0], self.command, getattr(self, "path", "-"),
+                 getattr(self, "status", "-"), f" {note}" if note else "", elapsed)
+
+    # --- routing -----------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET  # answered 405 (or 404) by _dispatch
+
+    def _dispatch(self) -> None:
+        self.note = ""
+        path = self.path.split("?", 1)[0]
+        if len(path) > 1:
+            path = path.rstrip("/")
+        routes = self.server.routes
+        try:
+            target = routes.get(path)
+            if target is None and path.startswith("/v1/models/"):
+                target = {"GET": Handler._model_info}
+            if target is None:
+                raise APIError(404, f"unknown path {path}: try GET /, /health, /v1/models, "
+                                    "POST /v1/chat/completions or /v1/completions", None, "not_found")
+            method = target.get(self.command)
+            if method is None:
+                allowed = ", ".join(sorted(target))
+                self.close_connection = True  # an unread body must not be taken for the next request
+                self._send_error(APIError(405, f"{self.command} is not allowed on {path} (allowed: {allowed})",
+                                          None, "method_not_allowed"), {"Allow": allowed})
+                return
+            method(self)
+        except APIError as e:
+            self._send_error(e)
+        except (_ClientGone, BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.note = "client disconnected"
+            self.close_connection = True
+        except Exception:
+            log.exception("request failed: %s %s", self.command, self.path)
+            self.close_connection = True
+            with contextlib.suppress(OSError):  # the client may be gone as well
+                self._send_error(APIError(500, "internal server error; see the server log", None, "internal_error",
+                                          type="server_error"))
+        finally:
+            self._log_line()
+
+    # --- GET -------------------------------------------------------------------------------------------
+
+    def _page(self) -> None:
+        from mmlab.infer.webchat import render_page
+
+        cfg = self.server.config
+        data = render_page(self.server.model_name, cfg.max_tokens_limit, cfg.default_max_tokens).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _health(self) -> None:
+        s = self.server
+        self._send_json(200, {"status": "ok", "model": s.model_name, "context": s.engine.model.cfg.max_seq_len,
+                              "requests": {"admitted": s.engine.admitted, "limit": s.engine.queue_size + 1}})
+
+    def _model_card(self) -> dict[str, Any]:
+        return {"id": self.server.model_name, "object": "model", "created": self.server.created, "owned_by": "mmlab"}
+
+    def _models(self) -> None:
+        self._send_json(200, {"object": "list", "data": [self._model_card()]})
+
+    def _model_info(self) -> None:
+        name = self.path.split("?", 1)[0].rstrip("/")[len("/v1/models/"):]
+        if name != self.server.model_name:
+            raise APIError(404, f"model {name!r} not found; this server serves {self.server.model_name!r}", "model",
+                           "model_not_found")
+        self._send_json(200, self._model_card())
+
+    # --- POST ------------------------------------------------------------------------------------------
+
+    def _read_json(self) -> dict[str, Any]:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            raise APIError(411, "send the body with a Content-Length (chunked bodies are not supported)", None,
+                           "length_required")
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            raise APIError(411, "a Content-Length header is required", None, "length_required")
+        try:
+            length = int(length_text)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise APIError(400, f"Content-Length {length_text!r} is not a byte count", None, "invalid_header") from None
+        limit = self.server.config.max_body_bytes
+        if length > limit:
+            self.close_connection = True
+            if length <= 16 * limit:  # read it away, so the client is not reset before it sees the answer
+                self._read_exactly(length)
+            raise APIError(413, f"the request body is {length} bytes; this server accepts at most {limit}", None,
+                           "request_too_large")
+        raw = self._read_exactly(length)
+        try:
+            body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        except UnicodeDecodeError:
+            raise APIError(400, "the request body is not UTF-8 text", None, "invalid_json") from None
+        except json.JSONDecodeError as e:
+            raise APIError(400, f"the request body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
+                           None, "invalid_json") from None
+        except ValueError as e:
+            raise APIError(400, f"the request body is not valid JSON: {e}", None, "invalid_json") from None
+        except RecursionError:
+            raise APIError(400, "the request body nests too deeply", None, "invalid_json") from None
+        if not isinstance(body, dict):
+            raise APIError(400, f"the request body must be a JSON object, got {_json_type(body)}", None,
+                           "invalid_json")
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise APIError(400, f"model must be a string, got {_json_type(model)}", "model", "invalid_type")
+        return body
+
+    def _read_exactly(self, n: int) -> bytes:
+        data = self.rfile.read(n)
+        if len(data) < n:
+            raise _ClientGone
+        return data
+
+    def _check_prompt(self, ids: list[int], param: str) -> None:
+        limit = self.server.prompt_limit
+        if len(ids) > limit:
+            raise APIError(400, f"the prompt is {len(ids)} tokens; this server accepts at most {limit} "
+                                f"(the model's context is {self.server.engine.model.cfg.max_seq_len})", param,
+                           "context_length_exceeded")
+
+    def _chat(self) -> None:
+        body = self._read_json()
+        messages = _chat_messages(body)
+        params, max_tokens, seed = _sampling(body, self.server.config)
+        stop = _stop_strings(body)
+        stream, include_usage = _stream_flags(body)
+        try:
+            ids, _ = encode_chat(self.server.engine.tokenizer, messages, add_generation_prompt=True)
+        except TokenizerError as e:
+            raise APIError(400, f"messages cannot be encoded by this model's tokenizer: {e}", "messages",
+                           "invalid_value") from None
+        self._check_prompt(ids, "messages")
+        self._generate(GenerationRequest("chat", ids, max_tokens, params, stop, seed, stream, include_usage))
+
+    def _completions(self) -> None:
+        body = self._read_json()
+        ids, text = _completion_prompt(body, self.server.engine.tokenizer)
+        params, max_tokens, seed = _sampling(body, self.server.config)
+        stop = _stop_strings(body)
+        stream, include_usage = _stream_flags(body)
+        if body.get("suffix") not in (None, ""):
+            raise APIError(400, "suffix (fill-in-the-middle) is not supported", "suffix", "unsupported_parameter")
+        echo = text if _boolean(body, "echo", False) else ""
+        self._check_prompt(ids, "prompt")
+        self._generate(GenerationRequest("completion", ids, max_tokens, params, stop, seed, stream, include_usage,
+                                         echo))
+
+    # --- generation ------------------------------------------------------------------------------------
+
+    def _generate(self, request: GenerationRequest) -> None:
+        job = self.server.engine.submit(request)  # 429 when the queue is full
+        try:
+            if request.stream:
+                self._stream(job)
+            else:
+                self._whole(job)
+        finally:
+            job.cancelled.set()  # a no-op once finished; otherwise the worker drops the request
+
+    def _envelope(self, kind: str, rid: str) -> dict[str, Any]:
+        return {"id": rid, "object": kind, "created": int(time.time()), "model": self.server.model_name}
+
+    def _whole(self, job: Job) -> None:
+        r = job.request
+        pieces = [r.echo]
+        while True:
+            event, value = job.events.get()
+            if event == "text":
+                pieces.append(value)
+            elif event == "error":
+                raise APIError(500, value, None, "internal_error", type="server_error")
+            else:
+                break
+        done: Completion = value
+        text = "".join(pieces)
+        self.note = f"prompt={done.prompt_tokens} completion={done.completion_tokens} finish={done.finish_reason}"
+        if r.kind == "chat":
+            body = self._envelope("chat.completion", f"chatcmpl-{uuid.uuid4().hex}")
+            body["choices"] = [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                                "finish_reason": done.finish_reason}]
+        else:
+            body = self._envelope("text_completion", f"cmpl-{uuid.uuid4().hex}")
+            body["choices"] = [{"index": 0, "text": text, "logprobs": None, "finish_reason": done.finish_reason}]
+        body["usage"] = _usage(done)
+        self._send_json(200, body)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.wfile.write(data)
+            self.wfile.flush()
+        except (OSError, ValueError):  # broken pipe, reset, timeout, or a closed file
+            raise _ClientGone from None
+
+    def _stream(self, job: Job) -> None:
+        r = job.request
+        chat = r.kind == "chat"
+        base = self._envelope("chat.completion.chunk" if chat else "text_completion",
+                              f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}")
+
+        def chunk(text: str | None, finish: str | None = None, first: bool = False) -> bytes:
+            if chat:
+                delta: dict[str, Any] = {} if text is None else {"content": text}
+                if first:
+                    delta = {"role": "assistant", "content": ""}
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            body = {**base, "choices": [choice]}
+            if r.include_usage:
+                body["usage"] = None  # OpenAI: null on every chunk but the last, which carries the counts
+            return f"data: {json.dumps(body)}\n\n".encode()
+
+        self.close_connection = True  # the stream's end is the connection's end (no Content-Length)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("X-Accel-Buffering", "no")  # ask proxies not to buffer the stream
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if chat:
+            self._write(chunk(None, first=True))
+        if r.echo:
+            self._write(chunk(r.echo))
+        while True:
+            try:
+                event, value = job.events.get(timeout=KEEPALIVE_S)
+            except queue.Empty:  # still queued or thinking: a comment line keeps proxies open, finds lost clients
+                self._write(b": keep-alive\n\n")
+                continue
+            if event == "text":
+                self._write(chunk(value))
+            elif event == "error":
+                self.note = "internal error"
+                error = APIError(500, value, None, "internal_error", type="server_error").body()
+                self._write(f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode())
+                return
+            else:
+                break
+        done: Completion = value
+        self.note = f"prompt={done.prompt_tokens} completion={done.completion_tokens} finish={done.finish_reason}"
+        self._write(chunk(None, done.finish_reason))
+        if r.include_usage:
+            self._write(f"data: {json.dumps({**base, 'choices': [], 'usage': _usage(done)})}\n\n".encode())
+        self._write(b"data: [DONE]\n\n")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+class ChatServer(ThreadingHTTPServer):
+    """The HTTP server: its engine, its limits, and the route table of ``Handler``."""
+
+    daemon_threads = True  # a hung connection must not keep the process alive at exit
+    request_queue_size = 64  # the listen backlog: a burst of clients is accepted, then answered (maybe 429)
+    routes: ClassVar[dict[str, dict[str, Any]]] = {
+        "/": {"GET": Handler._page},
+        "/index.html": {"GET": Handler._page},
+        "/health": {"GET": Handler._health},
+        "/v1/models": {"GET": Handler._models},
+        "/v1/chat/completions": {"POST": Handler._chat},
+        "/v1/completions": {"POST": Handler._completions},
+    }
+
+    def __init__(self, engine: Engine, config: ServerConfig, model_name: str):
+        self.engine, self.config, self.model_name = engine, config, model_name
+        ctx = engine.model.cfg.max_seq_len
+        self.prompt_limit = min(config.max_prompt_tokens or ctx, ctx)
+        self.created = int(time.time())
+        super().__init__((config.host, config.port), Handler)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.engine.close()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+def _model_name(ckpt: str | Path) -> str:
+    from mmlab.train.checkpoint import resolve_checkpoint
+
+    folder = resolve_checkpoint(ckpt).resolve()
+    return folder.parent.name if folder.name in ("ckpt", "ckpt.old") else folder.name
+
+
+def make_server(ckpt: str | Path, config: ServerConfig | None = None, device: str = "auto") -> ChatServer:
+    """Load a checkpoint and bind a server to ``config.host:config.port`` (port 0: any free port).
+    Call ``serve_forever()`` to answer requests; ``shutdown()`` then ``server_close()`` to stop."""
+    from mmlab.device import resolve_device
+    from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model
+
+    config = config or ServerConfig()
+    config.validate()
+    tokenizer = load_checkpoint_tokenizer(ckpt)
+    model = load_model(ckpt, device=resolve_device(device))
+    model.eval()
+    engine = Engine(model, tokenizer, config.queue)
+    try:
+        return ChatServer(engine, config, config.model_name or _model_name(ckpt))
+    except OSError as e:
+        engine.close()
+        raise MMLabError(f"cannot listen on {config.host}:{config.port}: {e.strerror or e}") from None
+
+
+def serve(ckpt: str | Path, config: ServerConfig | None = None, device: str = "auto") -> None:
+    """``mmlab serve``: answer requests until Ctrl-C, logging one line per request to stderr."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    server = make_server(ckpt, config, device)
+    cfg = server.engine.model.cfg
+    log.info("serving %s (context %d tokens, up to %d requests queued) on %s  — chat page: %s/",
+             server.model_name, cfg.max_seq_len, server.engine.queue_size, server.url, server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("stopped")
+    finally:
+        server.server_close()
