@@ -194,3 +194,34 @@ def test_a_lora_checkpoint_holds_the_untouched_base_and_the_adapter(tmp_path):
     apply_lora(other, LoRAConfig(rank=4, alpha=4, target_modules=["q_proj", "up_proj"]))
     with pytest.raises(MMLabError, match="adapter config"):
         load_weights(other, tmp_path / "ckpt")
+
+
+def test_train_modules_are_trained_in_full_saved_with_the_adapter_and_the_base_stays_untouched(tmp_path):
+    """``train_modules`` (peft's modules_to_save): the tied embedding trains beside the adapter; the
+    checkpoint keeps the base's original embedding and the adapter the trained one; loading gives back the
+    trained model."""
+    from mmlab.train.checkpoint import MODEL_FILE, load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = MiniMindLM(CFG)
+    original = model.tok_emb.weight.detach().clone()
+    apply_lora(model, LoRAConfig(rank=2, target_modules=["q_proj"], train_modules=["lm_head"]))  # tied: = tok_emb
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "tok_emb.weight" in trainable and all(".lora_" in n or n == "tok_emb.weight" for n in trainable)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    x = torch.randint(CFG.vocab_size, (2, 9))
+    for _ in range(3):
+        model(x[:, :-1], targets=x[:, 1:]).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert not torch.equal(model.tok_emb.weight, original)
+    assert "tok_emb.weight" in adapter_state_dict(model)
+    save_checkpoint(tmp_path / "ckpt", model)
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(str(tmp_path / "ckpt" / MODEL_FILE))["tok_emb.weight"], original)
+    with torch.no_grad():
+        expected = model(x).logits
+        assert torch.allclose(load_model(tmp_path / "ckpt")(x).logits, expected, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"train_modules \['embedding'\] match no parameter"):
+        apply_lora(MiniMindLM(CFG), LoRAConfig(train_modules=["embedding"]))

@@ -201,7 +201,8 @@ def _cmd_train_sft(args: argparse.Namespace) -> int:
 
     lora = None
     if args.train_command == "lora":
-        lora = LoRAConfig(rank=args.rank, alpha=args.alpha, dropout=args.lora_dropout, target_modules=args.targets)
+        lora = LoRAConfig(rank=args.rank, alpha=args.alpha, dropout=args.lora_dropout, target_modules=args.targets,
+                          train_modules=args.train_modules)
     cfg = _stage_config(args, LORA_DEFAULTS if lora else SFT_DEFAULTS)
     if not args.resume and not args.base:
         raise MMLabError("--base is required: the checkpoint (or run folder) to fine-tune")
@@ -639,6 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--targets", default="q_proj,v_proj",
                            help="comma-separated layer names (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
                                 "down_proj), all-linear, or re:<regex> on full names")
+            p.add_argument("--train-modules", default="",
+                           help="comma-separated modules trained in full beside the adapter, e.g. tok_emb (the "
+                                "embeddings, when the chat template's tokens are new to the base)")
         _add_train_flags(p)
         p.set_defaults(func=_cmd_train_sft)
 

@@ -39,6 +39,9 @@ class LoRAConfig:
     # a module is adapted when its name's last part is listed, or when a pattern given as "re:<regex>"
     # matches its full name (e.g. "re:blocks\.[0-3]\.attn\.(q|v)_proj")
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # modules trained in full beside the adapter (peft's ``modules_to_save``), by name: e.g. ["tok_emb"] when
+    # fine-tuning introduces tokens the base never saw (the chat template's) and their embeddings must learn
+    train_modules: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
@@ -53,6 +56,8 @@ class LoRAConfig:
             self.target_modules = list(ALL_LINEAR)
         if not self.target_modules:
             raise ConfigError("lora target_modules is empty")
+        if isinstance(self.train_modules, str):
+            self.train_modules = [m.strip() for m in self.train_modules.split(",") if m.strip()]
         for t in self.target_modules:
             if t.startswith("re:"):
                 try:
@@ -63,6 +68,10 @@ class LoRAConfig:
     @property
     def scaling(self) -> float:
         return self.alpha / self.rank
+
+    def trains_fully(self, param_name: str) -> bool:
+        """Whether the parameter ``param_name`` belongs to one of ``train_modules``."""
+        return any(param_name == m or param_name.startswith(m + ".") for m in self.train_modules)
 
     def matches(self, name: str) -> bool:
         last = name.rsplit(".", 1)[-1]
@@ -120,9 +129,17 @@ def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
             yield name, module
 
 
+def fully_trained(model: nn.Module, cfg: LoRAConfig) -> dict[str, nn.Parameter]:
+    """The parameters of ``cfg.train_modules``, each once under its first name (a tied matrix is found
+    under either of its names)."""
+    chosen = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if cfg.trains_fully(n)}
+    return {n: p for n, p in model.named_parameters() if id(p) in chosen}
+
+
 def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
-    """Wrap every ``nn.Linear`` whose name ``cfg`` targets, freeze every other parameter, and return the
-    adapted names. The model keeps its class; its ``lora_config`` attribute records ``cfg``."""
+    """Wrap every ``nn.Linear`` whose name ``cfg`` targets, freeze every other parameter except those of
+    ``cfg.train_modules``, and return the adapted names. The model keeps its class; its ``lora_config``
+    attribute records ``cfg``."""
     if any(True for _ in lora_layers(model)):
         raise ConfigError("the model already has LoRA layers (merge or reload the base model first)")
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and cfg.matches(n)]
@@ -139,8 +156,20 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
             others = ", ".join(n for n in names if not n.startswith(name + "."))
             raise ConfigError(f"lora target {name!r} shares its weight with {others}; adapting it would also change "
                               "the other (untie the embeddings, or pick other targets)")
+    unmatched = [m for m in cfg.train_modules if not any(n == m or n.startswith(m + ".")
+                                                         for n, _ in model.named_parameters(remove_duplicate=False))]
+    full = list(fully_trained(model, cfg).items())
+    if unmatched:
+        top = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
+        raise ConfigError(f"lora train_modules {unmatched} match no parameter; the model's modules: {', '.join(top)}")
+    if any(cfg.matches(n.rpartition(".")[0]) for n, _ in full):
+        raise ConfigError("lora: a module cannot be both adapted (target_modules) and trained in full (train_modules)")
     for p in model.parameters():
         p.requires_grad_(False)
+    for _, p in full:
+        p.requires_grad_(True)
+    # the fully trained parameters as they were, so a checkpoint can store the untouched base beside the adapter
+    model.lora_base_copies = {n: p.detach().clone() for n, p in full}
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -171,15 +200,22 @@ def remove_lora(model: nn.Module, merge: bool = True) -> nn.Module:
         setattr(parent, child, layer.base)
     if hasattr(model, "lora_config"):
         del model.lora_config
+    if hasattr(model, "lora_base_copies"):
+        del model.lora_base_copies
     for p in model.parameters():
         p.requires_grad_(True)
     return model
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the LoRA tensors, by full name (``blocks.0.attn.q_proj.lora_A`` ...)."""
-    return {f"{name}.{part}": getattr(layer, part).detach() for name, layer in lora_layers(model)
-            for part in ("lora_A", "lora_B")}
+    """The LoRA tensors by full name (``blocks.0.attn.q_proj.lora_A`` ...), and the parameters of the config's
+    ``train_modules`` (trained in full, so they belong to the adapter too)."""
+    state = {f"{name}.{part}": getattr(layer, part).detach() for name, layer in lora_layers(model)
+             for part in ("lora_A", "lora_B")}
+    cfg = getattr(model, "lora_config", None)
+    if cfg is not None and cfg.train_modules:
+        state |= {n: p.detach() for n, p in fully_trained(model, cfg).items()}
+    return state
 
 
 def save_adapter(model: nn.Module, path: str | Path) -> Path:
@@ -223,7 +259,7 @@ def load_adapter(model: nn.Module, path: str | Path, apply: bool = True) -> list
         raise ConfigError(f"{weights}: cannot read the adapter ({e})") from None
     trainable = {n: p.requires_grad for n, p in model.named_parameters()} if apply else {}
     names = apply_lora(model, cfg) if apply else [n for n, _ in lora_layers(model)]
-    own = {k: v for k, v in model.named_parameters() if ".lora_" in k}
+    own = {k: v for k, v in model.named_parameters() if ".lora_" in k} | fully_trained(model, cfg)
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     if missing or unexpected or wrong:

@@ -113,6 +113,9 @@ def _save_base_and_adapter(model: MiniMindLM, folder: Path) -> None:
         layer.unmerge()
     try:
         state = {_base_name(k): v.detach().contiguous() for k, v in model.state_dict().items() if ".lora_" not in k}
+        # modules trained in full: the base keeps their values from before training; the adapter has the new ones
+        for name, original in getattr(model, "lora_base_copies", {}).items():
+            state[_base_name(name)] = original.contiguous()
         if model.cfg.tie_embeddings:
             state.pop("lm_head.weight", None)  # one copy of the tied matrix (restored on load)
         save_file(state, str(folder / MODEL_FILE))
