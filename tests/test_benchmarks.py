@@ -46,3 +46,14 @@ def test_quant_decode_benchmark_quick():
     sizes = [by_name[n]["model_bytes"] for n in ("int4-g32", "int8", "bf16", "fp32", "int8-cached")]
     assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
     assert by_name["int8"]["logits_rel_error_vs_fp32"] < by_name["int4-g32"]["logits_rel_error_vs_fp32"]
+
+
+def test_speculative_decode_benchmark_quick():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speculative_decode.py"), "--quick"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    names = [r["variant"] for r in report["results"]]
+    assert names[0] == "plain" and len(names) == 7
+    assert all(r["tokens_per_s"] > 0 for r in report["results"])
+    assert all(0 <= r["acceptance_rate"] <= 1 for r in report["results"][1:])
