@@ -122,3 +122,15 @@ def load_corpus(name_or_path: str, synthetic_chars: int = 400_000, seed: int = 0
     if not any(d.strip() for d in corpus.documents):
         raise DataError(f"{corpus.source}: the corpus is empty")
     return corpus
+
+
+def named_records(path: str | Path) -> list[tuple[str, Any]]:
+    """The records of a ``.jsonl`` file or a ``.json`` list, each with its place in the file (``file:line`` or
+    ``file[i]``) for messages about it."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return [(f"{path}:{n}", r) for n, r in iter_jsonl(path, with_lines=True)]
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return [(f"{path}[{i}]", r) for i, r in enumerate(data)]

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mmlab.data.corpus import iter_jsonl, read_json
+from mmlab.data.corpus import named_records
 from mmlab.data.registry import DataError
 from mmlab.model.lm import IGNORE_INDEX
 from mmlab.tokenizer.base import Tokenizer, TokenizerError
@@ -61,14 +61,7 @@ def conversation_from_record(record: Any, where: str) -> Messages:
 def load_conversations(path: str | Path, with_names: bool = False) -> Any:
     """Conversations of a ``.json`` list or a ``.jsonl`` file of records; ``with_names``: also each one's
     place in the file (``file:line`` or ``file[i]``), for messages about it."""
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        named = [(f"{path}:{n}", r) for n, r in iter_jsonl(path, with_lines=True)]
-    else:
-        data = read_json(path)
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-        named = [(f"{path}[{i}]", r) for i, r in enumerate(data)]
+    named = named_records(path)
     convs = [conversation_from_record(r, where) for where, r in named]
     return (convs, [where for where, _ in named]) if with_names else convs
 

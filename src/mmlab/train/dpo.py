@@ -110,20 +110,14 @@ def load_preferences(data: str, seed: int = 0, n_synthetic: int = 3000) -> Prefe
     """Pairs of ``synthetic-pairs``, a registry dataset (``preferences-1k``) or a .json/.jsonl file."""
     if data == SYNTHETIC_PAIRS:
         return PreferenceData(synthetic_pairs(n_synthetic, seed))
-    from mmlab.data.corpus import iter_jsonl, read_json
+    from mmlab.data.corpus import named_records
 
     path = Path(data)
     if path.suffix not in (".json", ".jsonl"):
         from mmlab.data.registry import dataset_path
 
         path = dataset_path(data)
-    if path.suffix == ".jsonl":
-        records = [(f"{path}:{n}", r) for n, r in iter_jsonl(path, with_lines=True)]
-    else:
-        raw = read_json(path)
-        if not isinstance(raw, list):
-            raise DataError(f"{path}: expected a JSON list of records, got {type(raw).__name__}")
-        records = [(f"{path}[{i}]", r) for i, r in enumerate(raw)]
+    records = named_records(path)
     pairs, skipped = [], []
     for where, record in records:
         same = (isinstance(record, dict) and isinstance(record.get("chosen"), str)
