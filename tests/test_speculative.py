@@ -117,3 +117,30 @@ def test_different_vocabularies_are_refused():
     with pytest.raises(ConfigError, match="vocab_size=16 differs") as err:
         speculative_generate(tiny(0), tiny(1, vocab=16), [1, 2], 5)
     assert "\n" not in str(err.value)
+
+
+def test_cli_sample_with_a_draft_gives_the_plain_greedy_text(tmp_path, capsys):
+    """`mmlab sample --draft`: at temperature 0 the text is the model's own greedy text, the stats go to
+    stderr, and a draft with another tokenizer is a one-line error."""
+    from mmlab.cli import main
+    from mmlab.config import get_preset
+    from mmlab.tokenizer.char import CharTokenizer
+    from mmlab.train.checkpoint import save_checkpoint
+
+    tok = CharTokenizer.from_corpus("the quick brown fox jumps over the lazy dog.")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "target", MiniMindLM(get_preset("nano", vocab_size=tok.vocab_size)), tok)
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path / "draft", MiniMindLM(get_preset("nano", vocab_size=tok.vocab_size, n_layers=1)), tok)
+    common = ["sample", "--ckpt", str(tmp_path / "target"), "--prompt", "the ", "--max-new-tokens", "12",
+              "--temperature", "0"]
+    assert main(common) == 0
+    plain = capsys.readouterr().out
+    assert main([*common, "--draft", str(tmp_path / "draft"), "--speculate", "3"]) == 0
+    out = capsys.readouterr()
+    assert out.out == plain and "draft tokens accepted" in out.err
+    other = CharTokenizer.from_corpus("0123456789 +-=")
+    save_checkpoint(tmp_path / "alien", MiniMindLM(get_preset("nano", vocab_size=other.vocab_size)), other)
+    assert main([*common, "--draft", str(tmp_path / "alien")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tokenizer differs" in err[0]

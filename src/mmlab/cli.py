@@ -324,11 +324,17 @@ def _cmd_speedrun(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from mmlab.infer.sample import sample_text
 
+    stats: dict = {}
     for piece in sample_text(args.ckpt, args.prompt, max_new_tokens=args.max_new_tokens,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                             repetition_penalty=args.repetition_penalty, seed=args.seed, device=args.device):
+                             repetition_penalty=args.repetition_penalty, seed=args.seed, device=args.device,
+                             draft=args.draft, speculate=args.speculate, stats=stats):
         print(piece, end="", flush=True)
     print()
+    if stats:
+        print(f"speculative decoding: {stats['accepted']} of {stats['proposed']} draft tokens accepted "
+              f"({stats['acceptance_rate']:.1%}); {stats['target_forwards']} forward passes of the model, "
+              f"{stats['draft_forwards']} of the draft", file=sys.stderr)
     return 0
 
 
@@ -723,6 +729,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--draft", default=None,
+                   help="a smaller checkpoint with the same tokenizer: speculative decoding (same distribution)")
+    p.add_argument("--speculate", type=_positive_int, default=4, help="tokens the draft proposes per round")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server and a web chat page for a checkpoint",

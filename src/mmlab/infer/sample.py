@@ -52,15 +52,45 @@ def sample_text(
     seed: int | None = None,
     device: str = "auto",
     echo_prompt: bool = True,
+    draft: str | None = None,
+    speculate: int = 4,
+    stats: dict | None = None,
 ) -> Iterator[str]:
+    """Text pieces continuing ``prompt``. With ``draft`` (a checkpoint sharing the tokenizer), speculative
+    decoding: the draft proposes ``speculate`` tokens per round and the model verifies them — the same
+    distribution as plain sampling; the text comes at the end, and ``stats`` (if given) receives the
+    acceptance rate and forward-pass counts."""
     from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model
 
     tokenizer = load_checkpoint_tokenizer(ckpt)
+    if draft is not None:
+        from mmlab.errors import ConfigError
+
+        if repetition_penalty != 1.0:
+            raise ConfigError("speculative decoding does not support --repetition-penalty (it would make the two "
+                              "models' distributions depend on the tokens being judged)")
+        from mmlab.tokenizer.base import fingerprint
+
+        if fingerprint(load_checkpoint_tokenizer(draft)) != fingerprint(tokenizer):
+            raise ConfigError(f"--draft {draft}: its tokenizer differs from {ckpt}'s; the draft must share the "
+                              "model's vocabulary")
     model = load_model(ckpt, device=resolve_device(device))
     try:
         ids = start_ids(tokenizer, prompt)
     except TokenizerError as e:
         raise TokenizerError(f"the prompt cannot be encoded by this checkpoint's tokenizer: {e}") from None
+    if draft is not None:
+        from mmlab.infer.speculative import speculative_generate
+
+        result = speculative_generate(model, load_model(draft, device=resolve_device(device)), ids, max_new_tokens,
+                                      k=speculate, temperature=temperature, top_k=top_k, top_p=top_p,
+                                      stop_tokens=stop_ids(tokenizer), seed=seed)
+        if stats is not None:
+            stats.update({k: v for k, v in result.as_dict().items() if k != "tokens"})
+        if echo_prompt and prompt:
+            yield prompt
+        yield from stream_text(tokenizer, iter(result.tokens))
+        return
     if echo_prompt and prompt:
         yield prompt
     tokens = stream_generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
