@@ -176,3 +176,23 @@ def test_import_refuses_what_it_cannot_represent(tmp_path, bpe, capsys):
     (tmp_path / "hf" / "model.safetensors").unlink()
     with pytest.raises(ExportError, match="only safetensors"):
         import_hf(tmp_path / "hf", tmp_path / "y")
+
+
+def test_shape_mismatches_and_quantized_checkpoints_are_one_line_errors(tmp_path, bpe):
+    """Weights that do not fit the folder's config, and a quantized checkpoint, are ExportErrors (the CLI prints
+    one line), never a RuntimeError / KeyError traceback."""
+    from mmlab.infer.quant import quantize_model
+
+    model = MiniMindLM(get_preset("nano", vocab_size=bpe.vocab_size))
+    save_checkpoint(tmp_path / "ok", model, bpe)
+    export_hf(tmp_path / "ok", tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config.pop("mmlab_config", None)
+    config["intermediate_size"] = config["intermediate_size"] + 8  # the safetensors keep the old width
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match="do not fit its config.*other shapes"):
+        import_hf(tmp_path / "hf", tmp_path / "x")
+    quantize_model(model, bits=8)
+    save_checkpoint(tmp_path / "q8", model, bpe)
+    with pytest.raises(ExportError, match="is quantized"):
+        export_hf(tmp_path / "q8", tmp_path / "hf2")

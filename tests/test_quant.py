@@ -199,3 +199,24 @@ def test_quantized_bytes_match_the_formula():
         quantize_model(q, bits, g)
         scales = sum(m.out_features * (m.in_features // (g or m.in_features)) for m in linear)
         assert model_nbytes(q) == rest + n_weights * bits // 8 + 4 * scales  # packed int4: half a byte each
+
+
+def test_cli_quantize_overwrite_replaces_only_a_checkpoint_folder(tmp_path, monkeypatch, capsys):
+    """--overwrite may replace an earlier quantized checkpoint, never a folder of other files, the source
+    checkpoint or a folder holding it."""
+    monkeypatch.setenv("MMLAB_DATA_DIR", str(tmp_path / "cache"))
+    _checkpoint_with_a_corpus(tmp_path)
+    args = ["quantize", "--ckpt", str(tmp_path / "run"), "--bits", "8", "--eval-tokens", "0", "--overwrite", "--out"]
+    assert main([*args, str(tmp_path / "q")]) == 0
+    assert main([*args, str(tmp_path / "q")]) == 0  # an earlier quantized checkpoint: replaced
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.txt").write_text("keep me")
+    for out, fragment in ((notes, "not a checkpoint's"), (tmp_path, "or a folder holding it"),
+                          (tmp_path / "run", "or a folder holding it")):
+        capsys.readouterr()
+        assert main([*args, str(out)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], err
+    assert (notes / "thesis.txt").read_text() == "keep me"
+    assert (tmp_path / "run" / "ckpt" / "model.safetensors").is_file()

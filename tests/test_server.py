@@ -245,6 +245,8 @@ def test_stop_strings_across_pieces():
 CHAT = "/v1/chat/completions"
 BAD_REQUESTS = [  # (path, body, param, code)
     (CHAT, {"messages": HI, "temperature": "hot"}, "temperature", "invalid_type"),
+    (CHAT, {"messages": HI, "temperature": 10**400}, "temperature", "invalid_type"),  # no float holds it
+    (CHAT, {"messages": HI, "top_p": -(10**400)}, "top_p", "invalid_type"),
     (CHAT, {"messages": HI, "temperature": -1}, "temperature", "invalid_value"),
     (CHAT, {"messages": HI, "top_p": 1.5}, "top_p", "invalid_value"),
     (CHAT, {"messages": HI, "top_p": [0.5]}, "top_p", "invalid_type"),

@@ -157,6 +157,9 @@ def export_hf(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> dic
     problems = llama_incompatibilities(cfg)
     if problems:
         raise ExportError(f"{folder} cannot be exported as a Llama: {'; '.join(problems)}")
+    if (folder / "quant_config.json").is_file():
+        raise ExportError(f"{folder} is quantized (int weights and scales): export the full-precision checkpoint "
+                          "it came from")
     out = Path(out)
     _check_out(out, overwrite, "export")
     model = load_model(folder)
@@ -286,11 +289,17 @@ def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> d
     except ConfigError as e:
         raise ExportError(f"{hf_dir}: {e}") from None
     model = MiniMindLM(cfg)
-    missing, unexpected = model.load_state_dict(ours, strict=False)
-    bad_shapes = [k for k, v in ours.items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
+    own = model.state_dict()
+    # shapes first: load_state_dict raises a bare RuntimeError on a size mismatch, even with strict=False
+    bad_shapes = [f"{k} {tuple(v.shape)} (config: {tuple(own[k].shape)})" for k, v in ours.items()
+                  if k in own and own[k].shape != v.shape]
+    missing, unexpected = sorted(set(own) - set(ours)), sorted(set(ours) - set(own))
+    if cfg.tie_embeddings:
+        missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected or bad_shapes:
-        raise ExportError(f"{hf_dir}: the weights do not fit its config (missing {missing}, unexpected "
-                          f"{unexpected}, other shapes {bad_shapes})")
+        raise ExportError(f"{hf_dir}: the weights do not fit its config (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]}, other shapes {bad_shapes[:3]})")
+    model.load_state_dict(ours, strict=False)
     tok = read_hf_tokenizer(hf_dir)
     notes = [] if tok is not None else [f"{hf_dir} has no {BPE_FILE}: the checkpoint has no tokenizer"]
     if tok is not None and tok.vocab_size > cfg.vocab_size:

@@ -37,8 +37,12 @@ class SamplingParams:
     def validate(self) -> None:
         def finite(name: str) -> float:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise MMLabError(f"{name}={value!r} must be a finite number")
+            try:  # a huge int has no float: OverflowError
+                ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))
+            except OverflowError:
+                ok = False
+            if not ok:
+                raise MMLabError(f"{name}={str(value)[:40]!r} must be a finite number")
             return value
 
         if finite("temperature") < 0:

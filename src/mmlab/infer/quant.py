@@ -344,6 +344,11 @@ def held_out_tokens(ckpt: str | Path, tokenizer: Any, max_tokens: int) -> tuple[
     return val[: max_tokens + 1], f"{min(len(val) - 1, max_tokens):,} held-out tokens of {data}"
 
 
+# what a checkpoint folder holds (mmlab.train.checkpoint): --overwrite replaces only such a folder
+_CKPT_FILES = {"model.safetensors", "config.json", "tokenizer.json", "char_vocab.json", "teaching_bpe.json",
+               "trainer_state.pt", "quant_config.json", "adapter.safetensors", "adapter_config.json"}
+
+
 def quantize_checkpoint(ckpt: str | Path, out: str | Path, bits: int = 8, group_size: int | None = None,
                         skip: Sequence[str] = DEFAULT_SKIP, eval_tokens: int = 4096,
                         overwrite: bool = False) -> dict[str, Any]:
@@ -363,11 +368,17 @@ def quantize_checkpoint(ckpt: str | Path, out: str | Path, bits: int = 8, group_
     if (folder / QUANT_CONFIG).is_file():
         raise ConfigError(f"{folder} is already quantized; quantize the full-precision checkpoint instead")
     out = Path(out)
-    if out.exists() and out.resolve() in (folder.resolve(), folder.resolve().parent):
-        raise ConfigError(f"--out {out} would replace the checkpoint being quantized; choose another folder")
+    if out.exists() and (out.resolve() == folder.resolve() or out.resolve() in folder.resolve().parents):
+        raise ConfigError(f"--out {out} would replace the checkpoint being quantized (or a folder holding it); "
+                          "choose another folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ConfigError(f"--out {out} already exists and is not empty; pass --overwrite to replace it "
                           "(nothing was written)")
+    if overwrite and out.is_dir():  # replace a checkpoint folder, never an arbitrary folder's contents
+        foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name not in _CKPT_FILES)
+        if foreign:
+            raise ConfigError(f"refusing to overwrite {out}: it holds files that are not a checkpoint's "
+                              f"({', '.join(foreign[:5])})")
     model = load_model(folder).eval()
     tokenizer = load_checkpoint_tokenizer(folder)
     for name, m in model.named_modules():  # refuse bad settings before the (slow) evaluation

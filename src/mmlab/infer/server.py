@@ -108,8 +108,13 @@ def _number(body: dict, name: str, default: float | None) -> float | None:
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise APIError(400, f"{name} must be a number, got {_json_type(value)} {json.dumps(value)}", name,
+    try:  # a JSON integer with hundreds of digits is a Python int that no float can hold: OverflowError
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))
+    except OverflowError:
+        ok = False
+    if not ok:
+        shown = json.dumps(value) if not isinstance(value, int) or abs(value) < 10**30 else "(a huge integer)"
+        raise APIError(400, f"{name} must be a finite number, got {_json_type(value)} {shown[:80]}", name,
                        "invalid_type")
     return float(value)
 
