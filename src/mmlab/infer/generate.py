@@ -42,7 +42,8 @@ class SamplingParams:
             except OverflowError:
                 ok = False
             if not ok:
-                raise MMLabError(f"{name}={str(value)[:40]!r} must be a finite number")
+                shown = "(a huge integer)" if isinstance(value, int) and abs(value) >= 10**30 else repr(value)
+                raise MMLabError(f"{name}={shown} must be a finite number")
             return value
 
         if finite("temperature") < 0:
