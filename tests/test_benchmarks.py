@@ -57,3 +57,19 @@ def test_speculative_decode_benchmark_quick():
     assert names[0] == "plain" and len(names) == 7
     assert all(r["tokens_per_s"] > 0 for r in report["results"])
     assert all(0 <= r["acceptance_rate"] <= 1 for r in report["results"][1:])
+
+
+def test_decode_speed_benchmark_quick():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode_speed.py"), "--quick"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    rows = {r["row"]: r for r in report["rows"]}
+    for fmt in ("fp32", "bf16", "int8", "int4-g32"):
+        assert {f"mmlab {fmt} cache", f"mmlab {fmt} no cache"} <= set(rows)
+    assert {"transformers fp32 cache", "transformers fp32 no cache", "transformers bf16 cache"} <= set(rows)
+    assert all(r["decode_tokens_per_s"] > 0 for r in rows.values())
+    # the exported model decodes the same greedy tokens as ours, with and without a cache
+    for name in ("mmlab fp32 no cache", "mmlab fp32 growing cache", "transformers fp32 cache",
+                 "transformers fp32 no cache"):
+        assert rows[name]["tokens_equal_to_mmlab_fp32"] == 1.0, name

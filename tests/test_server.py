@@ -304,8 +304,8 @@ def test_unknown_paths_wrong_methods_and_oversized_bodies(server):
     for method, path in (("GET", "/nope"), ("POST", "/v1/nope"), ("GET", "/v1/chat")):
         status, _, body = call(server, method, path)
         assert_api_error(status, body, 404, None, "not_found")
-    for method, path, allowed in (("GET", CHAT, "POST"), ("POST", "/health", "GET"), ("DELETE", "/v1/models", "GET"),
-                                  ("PUT", "/v1/completions", "POST")):
+    for method, path, allowed in (("GET", CHAT, "POST"), ("POST", "/health", "GET, HEAD"),
+                                  ("DELETE", "/v1/models", "GET, HEAD"), ("PUT", "/v1/completions", "POST")):
         status, res, body = call(server, method, path, raw=b"{}" if method != "GET" else None)
         assert_api_error(status, body, 405, None, "method_not_allowed")
         assert res.getheader("Allow") == allowed
@@ -466,6 +466,65 @@ def test_client_disconnect_mid_stream_cancels_generation(server, caplog):
         hook.remove()
     assert healthy(server)
     assert reply(server, max_tokens=4, seed=1)[0] is not None
+
+
+
+def test_client_disconnect_while_waiting_for_a_whole_reply_cancels_it(server, caplog):
+    caplog.set_level(logging.INFO, logger="mmlab.server")
+    forwards = []
+
+    def slow(module, args):
+        forwards.append(1)
+        time.sleep(0.01)
+
+    hook = server.engine.model.register_forward_pre_hook(slow)
+    try:
+        body = json.dumps({"messages": HI, "max_tokens": 64, "temperature": 1.0, "seed": 0,
+                           "probe": "whole-gone"}).encode()
+        s = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10)
+        s.sendall(b"POST /v1/chat/completions?gone=1 HTTP/1.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert wait_until(lambda: len(forwards) >= 3)
+        s.close()  # nothing has been sent back yet: the server must notice by itself
+        assert wait_until(lambda: server.engine.admitted == 0)
+        assert len(forwards) < 60
+        assert wait_until(lambda: any("gone=1" in r.getMessage() and "client disconnected" in r.getMessage()
+                                      for r in caplog.records), 5)
+    finally:
+        hook.remove()
+    assert healthy(server)
+
+
+def test_head_requests_get_headers_without_a_body(server):
+    for path, kind in (("/", "text/html"), ("/health", "application/json")):
+        reply_bytes = raw_exchange(server, f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head, _, body = reply_bytes.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        assert lines[0].split()[1] == "200", lines
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        assert headers["Content-Type"].startswith(kind) and int(headers["Content-Length"]) > 0
+        assert body == b""
+
+
+def test_an_error_after_the_stream_started_ends_the_stream_not_a_second_response(server, monkeypatch, caplog):
+    caplog.set_level(logging.CRITICAL, logger="mmlab.server")
+    real = server.RequestHandlerClass._write
+    calls = []
+
+    def failing(self, data):  # the role chunk goes out, then a bug strikes
+        calls.append(data)
+        if len(calls) == 2:
+            raise RuntimeError("secret internals")
+        real(self, data)
+
+    monkeypatch.setattr(server.RequestHandlerClass, "_write", failing)
+    status, _, text = chat_req(server, stream=True, max_tokens=4)
+    monkeypatch.undo()
+    assert status == 200 and "HTTP/1" not in text and "secret" not in text
+    chunks = events(text)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-2]["error"]["code"] == "internal_error" and chunks[-1] == "[DONE]"
+    assert healthy(server) and wait_until(lambda: server.engine.admitted == 0)
 
 
 # --- the chat page, in a real browser ----------------------------------------------------------------

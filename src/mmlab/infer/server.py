@@ -31,6 +31,8 @@ import json
 import logging
 import math
 import queue
+import select
+import socket
 import threading
 import time
 import uuid
@@ -50,6 +52,7 @@ from mmlab.tokenizer.chat import encode_chat
 
 log = logging.getLogger("mmlab.server")
 
+POLL_S = 0.25  # how often a non-streaming request checks that its client is still connected
 KEEPALIVE_S = 2.0  # an SSE comment this often while a stream waits, so a vanished client is noticed
 
 
@@ -363,16 +366,20 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- answering ---------------------------------------------------------------------------------
 
-    def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
+    def _send(self, status: int, content_type: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        """A whole response with a Content-Length; HEAD gets the headers only."""
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
+        self.responded = True
         if self.command != "HEAD":
             self.wfile.write(data)
+
+    def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self._send(status, "application/json", json.dumps(body).encode(), headers)
 
     def _send_error(self, e: APIError, headers: dict[str, str] | None = None) -> None:
         self.note = e.code or e.type
@@ -419,6 +426,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         self.note = ""
+        self.responded = False  # True once a status line is out: an error after that cannot send another
+        self.streaming = False
         path = self.path.split("?", 1)[0]
         if len(path) > 1:
             path = path.rstrip("/")
@@ -430,9 +439,10 @@ class Handler(BaseHTTPRequestHandler):
             if target is None:
                 raise APIError(404, f"unknown path {path}: try GET /, /health, /v1/models, "
                                     "POST /v1/chat/completions or /v1/completions", None, "not_found")
-            method = target.get(self.command)
+            methods = {**target, "HEAD": target["GET"]} if "GET" in target else target  # HEAD: GET's headers
+            method = methods.get(self.command)
             if method is None:
-                allowed = ", ".join(sorted(target))
+                allowed = ", ".join(sorted(methods))
                 self.close_connection = True  # an unread body must not be taken for the next request
                 self._send_error(APIError(405, f"{self.command} is not allowed on {path} (allowed: {allowed})",
                                           None, "method_not_allowed"), {"Allow": allowed})
@@ -446,9 +456,14 @@ class Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("request failed: %s %s", self.command, self.path)
             self.close_connection = True
-            with contextlib.suppress(OSError):  # the client may be gone as well
-                self._send_error(APIError(500, "internal server error; see the server log", None, "internal_error",
-                                          type="server_error"))
+            error = APIError(500, "internal server error; see the server log", None, "internal_error",
+                             type="server_error")
+            with contextlib.suppress(OSError, ValueError):  # the client may be gone as well
+                if not self.responded:
+                    self._send_error(error)
+                elif self.streaming:  # mid-stream: end the stream with an error event
+                    self.note = "internal error"
+                    self.wfile.write(f"data: {json.dumps(error.body())}\n\ndata: [DONE]\n\n".encode())
         finally:
             self._log_line()
 
@@ -459,11 +474,7 @@ class Handler(BaseHTTPRequestHandler):
 
         cfg = self.server.config
         data = render_page(self.server.model_name, cfg.max_tokens_limit, cfg.default_max_tokens).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self._send(200, "text/html; charset=utf-8", data)
 
     def _health(self) -> None:
         s = self.server
@@ -585,8 +596,18 @@ class Handler(BaseHTTPRequestHandler):
     def _whole(self, job: Job) -> None:
         r = job.request
         pieces = [r.echo]
+        check_at = time.monotonic() + POLL_S
         while True:
-            event, value = job.events.get()
+            try:
+                event, value = job.events.get(timeout=POLL_S)
+            except queue.Empty:
+                event = value = None
+            if time.monotonic() >= check_at:  # nothing is written until the end: look whether the client hung up
+                if self._client_hung_up():
+                    raise _ClientGone
+                check_at = time.monotonic() + POLL_S
+            if event is None:
+                continue
             if event == "text":
                 pieces.append(value)
             elif event == "error":
@@ -605,6 +626,14 @@ class Handler(BaseHTTPRequestHandler):
             body["choices"] = [{"index": 0, "text": text, "logprobs": None, "finish_reason": done.finish_reason}]
         body["usage"] = _usage(done)
         self._send_json(200, body)
+
+    def _client_hung_up(self) -> bool:
+        """True when the peer closed its end: the socket reads as ready, and a peek returns no bytes."""
+        try:
+            ready, _, _ = select.select([self.connection], [], [], 0)
+            return bool(ready) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def _write(self, data: bytes) -> None:
         try:
@@ -639,6 +668,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("X-Accel-Buffering", "no")  # ask proxies not to buffer the stream
         self.send_header("Connection", "close")
         self.end_headers()
+        self.responded = self.streaming = True
         if chat:
             self._write(chunk(None, first=True))
         if r.echo:
