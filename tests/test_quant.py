@@ -81,6 +81,18 @@ def test_quant_linear_computes_x_times_the_dequantized_weight(group_size):
         assert layer(x.bfloat16()).dtype == torch.bfloat16
 
 
+def test_per_channel_int8_does_not_overflow_in_fp16():
+    torch.manual_seed(0)
+    linear = nn.Linear(512, 8, bias=False)
+    nn.init.uniform_(linear.weight, 0.5, 1.0)  # positive weights: the int sums add up, 64..127 each
+    layer = QuantLinear.from_linear(linear, bits=8)
+    x = torch.full((1, 512), 4.0)  # x @ ints alone would be about 512 * 4 * 127 > 65504
+    expected = x @ layer.weight().T
+    got = layer(x.half()).float()
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-1)
+
+
 def test_quantized_model_logits_stay_close_and_int8_beats_int4():
     # Tolerance, from an estimate rather than fitted: for Gaussian weights, max|w| over a row of 128 is ~2.7
     # sigma, so the rounding noise (step / sqrt(12)) is ~0.6% of the weights' std at int8 and ~11% at int4,
@@ -145,6 +157,17 @@ def test_quantized_checkpoint_round_trip(tmp_path):
     with pytest.raises(MMLabError, match="quantized"):  # int buffers cannot train: refused, not silently frozen
         Trainer(loaded, None, None, TrainConfig(out_dir=str(tmp_path / "train")))
     assert not (tmp_path / "train").exists()
+
+
+def test_quant_config_that_disagrees_with_the_tensors_is_a_clear_error(tmp_path):
+    model = MiniMindLM(get_preset("nano")).eval()
+    quantize_model(model, bits=8)
+    save_checkpoint(tmp_path / "q", model)
+    edited = QuantConfig.from_json(tmp_path / "q" / "quant_config.json")
+    edited.bits = 4  # int4 packs two values per byte: the saved int8 tensors no longer fit
+    edited.to_json(tmp_path / "q" / "quant_config.json")
+    with pytest.raises(CheckpointError, match="wrong shape.*qweight"):
+        load_model(tmp_path / "q")
 
 
 def _checkpoint_with_a_corpus(tmp_path):

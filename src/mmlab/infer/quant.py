@@ -58,7 +58,6 @@ from torch import nn
 
 from mmlab.errors import ConfigError, MMLabError
 
-QUANT_CONFIG = "quant_config.json"  # the name mmlab.train.checkpoint looks for
 SUPPORTED_BITS = (8, 4)
 DEFAULT_SKIP = ("lm_head", "router")
 
@@ -195,7 +194,9 @@ class QuantLinear(nn.Module):
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         if self.dequantized is not None:
             return F.linear(x, self.dequantized.to(x.dtype), bias)
-        if self.group_size is None:  # one scale per output: scale the (..., out) result, not the weight
+        # one scale per output: scale the (..., out) result, not the weight; not in fp16, where x @ ints (up to
+        # 127 per weight, before the scale) can pass fp16's largest value, 65504, and become inf
+        if self.group_size is None and x.dtype != torch.float16:
             ints = unpack_int4(self.qweight, x.dtype) if self.bits == 4 else self.qweight.to(x.dtype)
             y = F.linear(x, ints) * self.scales[:, 0].to(x.dtype)
             return y + bias if bias is not None else y
@@ -357,6 +358,7 @@ def quantize_checkpoint(ckpt: str | Path, out: str | Path, bits: int = 8, group_
     loss on the first ``eval_tokens`` held-out tokens is measured before and after. Nothing is written
     unless everything before the write succeeded."""
     from mmlab.train.checkpoint import (
+        QUANT_CONFIG,
         load_checkpoint_tokenizer,
         load_model,
         resolve_checkpoint,

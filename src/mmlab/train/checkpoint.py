@@ -186,6 +186,12 @@ def load_weights(model: MiniMindLM, path: str | Path) -> None:
                                   f"model's {model.lora_config}")
         own = {_base_name(k): k for k in model.state_dict() if ".lora_" not in k}
         state = {own.get(k, k): v for k, v in state.items()}
+    own_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = [f"{k} {tuple(v.shape)} (model {own_shapes[k]})" for k, v in state.items()
+             if k in own_shapes and tuple(v.shape) != own_shapes[k]]
+    if wrong:  # e.g. a quant_config.json that does not describe the int tensors beside it
+        raise CheckpointError(f"{folder / MODEL_FILE}: tensors of the wrong shape: {', '.join(wrong[:4])}"
+                              f"{f' and {len(wrong) - 4} more' if len(wrong) > 4 else ''}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if ".lora_" not in k]
     if missing or unexpected:
