@@ -21,6 +21,7 @@ from mmlab.cli import main
 from mmlab.config import get_preset
 from mmlab.infer.chat import ChatSession, chat, fit_history
 from mmlab.infer.completion import StopStrings
+from mmlab.infer.generate import SamplingParams
 from mmlab.infer.server import ServerConfig, make_server
 from mmlab.tokenizer.chat import encode_chat
 from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model
@@ -645,16 +646,15 @@ def loaded(ckpt):
 
 def test_chat_session_keeps_history_and_resets(loaded):
     model, tok = loaded
-    session = ChatSession(model, tok, system="Hm", max_new_tokens=3, seed=0)
+    session = ChatSession(model, tok, max_new_tokens=3, seed=0)
     first = "".join(session.reply("Hi"))
     assert [m["role"] for m in session.history] == ["user", "assistant"] and session.history[1]["content"] == first
     done = session.reply("So?")
     list(done)
     assert session.dropped == 0 and [m["content"] for m in session.history[::2]] == ["Hi", "So?"]
     # the second prompt holds the whole conversation
-    ids, _ = encode_chat(tok, [{"role": "system", "content": "Hm"}, {"role": "user", "content": "Hi"},
-                               {"role": "assistant", "content": first}, {"role": "user", "content": "So?"}],
-                         add_generation_prompt=True)
+    ids, _ = encode_chat(tok, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": first},
+                               {"role": "user", "content": "So?"}], add_generation_prompt=True)
     assert done.prompt_ids == ids
     session.reset()
     assert session.history == []
@@ -671,6 +671,22 @@ def test_fit_history_drops_the_oldest_exchanges(loaded):
     assert ids == encode_chat(tok, [{"role": "system", "content": "sys"}, *history[dropped:]], True)[0]
     with pytest.raises(Exception, match="context"):
         fit_history(tok, None, [{"role": "user", "content": "word " * 100}], 64)
+    # room for the reply: more old exchanges go, and the prompt leaves the reserve free
+    roomy, dropped_more = fit_history(tok, "sys", history, 64, reserve=24)
+    assert len(roomy) <= 64 - 24 and dropped_more >= dropped
+    # the new message alone may eat into the reserve, but never fills the context
+    alone, _ = fit_history(tok, None, [{"role": "user", "content": "word " * 8}], 64, reserve=60)
+    assert 4 < len(alone) < 64
+
+
+def test_chat_session_leaves_room_for_the_reply(loaded):
+    model, tok = loaded
+    session = ChatSession(model, tok, max_new_tokens=16, params=SamplingParams(temperature=0.0))
+    for i in range(8):
+        list(session.reply(f"q{i}"))
+        context = model.cfg.max_seq_len
+        prompt = encode_chat(tok, session.history[:-1], add_generation_prompt=True)[0]
+        assert len(prompt) <= context - 16, (i, len(prompt))
 
 
 def test_chat_loop_commands(ckpt):

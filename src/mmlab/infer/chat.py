@@ -3,8 +3,8 @@
 Every turn re-encodes the whole conversation with the chat template (``tokenizer/chat.py``, with an
 open assistant turn at the end) and generates until ``<|im_end|>``: a chat model has no memory
 besides the text it is shown. When the conversation outgrows the model's context, the oldest
-exchanges are dropped (the system message stays). ``/reset`` forgets the conversation, ``/quit``
-(or Ctrl-D) leaves, Ctrl-C stops a reply mid-way.
+exchanges are dropped (the system message stays), keeping room for the reply. ``/reset`` forgets the
+conversation, ``/quit`` (or Ctrl-D) leaves, Ctrl-C stops a reply mid-way.
 """
 
 from __future__ import annotations
@@ -23,19 +23,23 @@ from mmlab.tokenizer.chat import encode_chat
 HELP = "/reset forgets the conversation, /quit leaves (or Ctrl-D); Ctrl-C stops a reply"
 
 
-def fit_history(tokenizer: Tokenizer, system: str | None, history: list[dict[str, str]], context: int
-                ) -> tuple[list[int], int]:
-    """Prompt ids of the conversation (ending in an open assistant turn) that fit ``context`` tokens, and how
-    many of the oldest messages were dropped to get there. ``history`` ends with the new user message."""
+def fit_history(tokenizer: Tokenizer, system: str | None, history: list[dict[str, str]], context: int,
+                reserve: int = 0) -> tuple[list[int], int]:
+    """Prompt ids of the conversation (ending in an open assistant turn) and how many of the oldest messages
+    were dropped to get them. ``history`` ends with the new user message. Old exchanges are dropped until the
+    prompt leaves ``reserve`` tokens of the ``context`` for the reply; the new message alone may eat into
+    that room (a shorter reply), but must leave at least one token."""
     head = [{"role": "system", "content": system}] if system else []
     dropped = 0
     while True:
         ids, _ = encode_chat(tokenizer, head + history[dropped:], add_generation_prompt=True)
-        if len(ids) <= context:
+        if len(ids) <= context - reserve:
             return ids, dropped
         if len(history) - dropped <= 1:
+            if len(ids) < context:
+                return ids, dropped
             raise MMLabError(f"the message is {len(ids)} tokens with the template; the model's context is "
-                             f"{context} tokens")
+                             f"{context} tokens, and the reply needs room too")
         dropped += 2 if len(history) - dropped > 2 else 1  # a whole exchange: the question and its answer
 
 
@@ -61,7 +65,9 @@ class ChatSession:
         """Start a reply to ``text``; iterate the result for its pieces. The exchange joins the history when
         the iteration ends (also when it is stopped early: what was shown is what the model said)."""
         history = [*self.history, {"role": "user", "content": text}]
-        ids, self.dropped = fit_history(self.tokenizer, self.system, history, self.model.cfg.max_seq_len)
+        context = self.model.cfg.max_seq_len
+        reserve = min(self.max_new_tokens, context // 2)  # room for the reply: the history must not fill it all
+        ids, self.dropped = fit_history(self.tokenizer, self.system, history, context, reserve)
         seed = None if self.seed is None else self.seed + self.turn  # reproducible, yet not the same every turn
         self.turn += 1
         return _Remembered(self, history[self.dropped:], ids, seed)
