@@ -196,3 +196,41 @@ def test_shape_mismatches_and_quantized_checkpoints_are_one_line_errors(tmp_path
     save_checkpoint(tmp_path / "q8", model, bpe)
     with pytest.raises(ExportError, match="is quantized"):
         export_hf(tmp_path / "q8", tmp_path / "hf2")
+
+
+@pytest.mark.parametrize("config_changes, message", [
+    ({"num_attention_heads": 0}, "num_attention_heads=0 must be a positive integer"),
+    ({"hidden_size": "wide"}, "hidden_size='wide' must be a positive integer"),
+    ({"vocab_size": None}, "'vocab_size' is missing"),
+    ({"rope_parameters": [1, 2], "rope_scaling": None}, "must be an object"),
+    ({"rope_parameters": {"rope_type": "linear", "factor": "x"}}, "rope factor 'x' is not a number"),
+])
+def test_malformed_hf_configs_are_one_line_errors(tmp_path, bpe, capsys, config_changes, message):
+    save_checkpoint(tmp_path / "ok", MiniMindLM(get_preset("nano", vocab_size=bpe.vocab_size)), bpe)
+    export_hf(tmp_path / "ok", tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    config.pop("mmlab_config")
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, **config_changes}))
+    assert main(["import", "hf", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("tokenizer_json, message", [
+    ("[1, 2, 3]", "must hold a JSON object"),
+    ('{"model": "BPE"}', "must be JSON objects"),
+    ('{"model": {"type": "WordLevel", "vocab": {"a": 0}}, "pre_tokenizer": {"type": "Split", "pattern": '
+     '{"Regex": "CHAR"}}, "added_tokens": [{"id": 1}]}', "malformed character vocabulary"),
+    ('{"model": {"type": "BPE", "vocab": 7}}', "cannot read tokenizer.json"),
+])
+def test_malformed_tokenizer_files_are_one_line_errors(tmp_path, bpe, capsys, tokenizer_json, message):
+    from mmlab.hf_export import CHAR_SPLIT
+
+    save_checkpoint(tmp_path / "ok", MiniMindLM(get_preset("nano", vocab_size=bpe.vocab_size)), bpe)
+    export_hf(tmp_path / "ok", tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer.json").write_text(tokenizer_json.replace('"CHAR"', json.dumps(CHAR_SPLIT)))
+    assert main(["import", "hf", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "x").exists()

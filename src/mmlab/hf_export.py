@@ -255,11 +255,18 @@ def read_hf_tokenizer(hf_dir: Path) -> Tokenizer | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ExportError(f"{path}: cannot read it ({e})") from None
+    if not isinstance(data, dict):
+        raise ExportError(f"{path}: a tokenizer file must hold a JSON object, got {type(data).__name__}")
     model, pre = data.get("model") or {}, data.get("pre_tokenizer") or {}
+    if not isinstance(model, dict) or not isinstance(pre, dict):
+        raise ExportError(f"{path}: 'model' and 'pre_tokenizer' must be JSON objects")
     if model.get("type") == "WordLevel" and (pre.get("pattern") or {}).get("Regex") == CHAR_SPLIT:
-        vocab = model["vocab"]
-        specials = [t["content"] for t in sorted(data.get("added_tokens", []), key=lambda t: t["id"])]
-        by_id = sorted(vocab.items(), key=lambda kv: kv[1])
+        try:
+            vocab = model["vocab"]
+            specials = [t["content"] for t in sorted(data.get("added_tokens", []), key=lambda t: t["id"])]
+            by_id = sorted(vocab.items(), key=lambda kv: kv[1])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ExportError(f"{path}: a malformed character vocabulary ({type(e).__name__}: {e})") from None
         chars = [s for s, _ in by_id if s not in specials]
         if [i for _, i in by_id] != list(range(len(by_id))) or any(vocab[c] >= len(chars) for c in chars):
             raise ExportError(f"{path}: a character vocabulary whose ids are not characters then special tokens")
@@ -269,7 +276,10 @@ def read_hf_tokenizer(hf_dir: Path) -> Tokenizer | None:
         if UNK in specials and unk != "replace":
             unk = "replace"
         return CharTokenizer(chars, specials, unk)
-    return BPETokenizer.load(path)
+    try:
+        return BPETokenizer.load(path)
+    except MMLabError as e:  # a file the `tokenizers` library cannot load
+        raise ExportError(str(e)) from None
 
 
 def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> dict[str, Any]:

@@ -121,21 +121,33 @@ def from_llama_config_dict(d: dict[str, Any]) -> ModelConfig:
     problems += [f"{k}=true (mmlab's Llama has no biases)" for k in ("attention_bias", "mlp_bias") if d.get(k)]
     if d.get("pretraining_tp", 1) not in (1, None):
         problems.append(f"pretraining_tp={d['pretraining_tp']} (sliced projections)")
-    try:
-        hidden, n_heads = int(d["hidden_size"]), int(d["num_attention_heads"])
-        n_kv = int(d.get("num_key_value_heads") or n_heads)
-        fields = {"vocab_size": int(d["vocab_size"]), "hidden_size": hidden, "n_layers": int(d["num_hidden_layers"]),
-                  "n_heads": n_heads, "n_kv_heads": None if n_kv == n_heads else n_kv,
-                  "ffn_size": int(d["intermediate_size"]), "max_seq_len": int(d["max_position_embeddings"])}
-    except KeyError as e:
-        raise ConfigError(f"not a Llama config: the field {e.args[0]!r} is missing") from None
-    head_dim = d.get("head_dim") or hidden // n_heads
+    sizes = {}
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings", "num_key_value_heads", "head_dim"):
+        value = d.get(key)
+        if value is None and key in ("num_key_value_heads", "head_dim"):
+            continue  # optional: default to num_attention_heads and hidden_size / num_attention_heads
+        if value is None:
+            raise ConfigError(f"not a Llama config: the field {key!r} is missing")
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"not a Llama config: {key}={value!r} must be a positive integer")
+        sizes[key] = value
+    hidden, n_heads = sizes["hidden_size"], sizes["num_attention_heads"]
+    n_kv = sizes.get("num_key_value_heads", n_heads)
+    fields = {"vocab_size": sizes["vocab_size"], "hidden_size": hidden, "n_layers": sizes["num_hidden_layers"],
+              "n_heads": n_heads, "n_kv_heads": None if n_kv == n_heads else n_kv,
+              "ffn_size": sizes["intermediate_size"], "max_seq_len": sizes["max_position_embeddings"]}
+    head_dim = sizes.get("head_dim") or hidden // n_heads
     if head_dim * n_heads != hidden:
         problems.append(f"head_dim={head_dim} != hidden_size / num_attention_heads = {hidden / n_heads:g}")
     rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise ConfigError(f"not a Llama config: rope_parameters / rope_scaling must be an object, got {rope!r}")
     theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
     kind = rope.get("rope_type", rope.get("type", "default"))
     scaling = None
+    if kind in ("linear", "yarn") and not isinstance(rope.get("factor", 1.0), (int, float)):
+        raise ConfigError(f"not a Llama config: the rope factor {rope.get('factor')!r} is not a number")
     if kind == "linear":
         scaling = RopeScaling(kind="linear", factor=float(rope["factor"]))
     elif kind == "yarn":
