@@ -17,9 +17,12 @@ changes only the speed, never the output distribution. Greedy decoding (temperat
 where p and q are one-hot: a draft token is kept iff it is the target's argmax, and a rejection
 emits the target's argmax, so the output equals the target's greedy output.
 
-Both models keep a KV cache. The caches always hold every token except the newest one (which is fed
-at the start of the next round); after a rejection they are rewound to the accepted prefix — the
-keys/values computed for rejected tokens are simply overwritten next round.
+Both models keep a KV cache, and every forward pass feeds what its cache lacks (``seq[cache.seq_len:]``).
+After a round the target's cache holds every token but the newest one (the correction or bonus token,
+fed first next round). The draft's can lag by one more: after a fully accepted round it has not seen
+its own last proposal either (it was sampled, never fed), so its next pass feeds two tokens. After a
+rejection both caches are rewound to the accepted prefix — the keys/values computed for rejected
+tokens are simply overwritten next round.
 
     >>> out = speculative_generate(target, draft, prompt_ids, 100, k=4, temperature=0.8, seed=0)
     >>> out.tokens, out.acceptance_rate
