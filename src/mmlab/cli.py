@@ -377,25 +377,21 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export_hf(args: argparse.Namespace) -> int:
-    from mmlab.hf_export import export_hf
+def _cmd_hf(args: argparse.Namespace) -> int:
+    """`mmlab export hf` and `mmlab import hf`."""
+    from mmlab.hf_export import export_hf, import_hf
 
-    r = export_hf(args.ckpt, args.out, overwrite=args.overwrite)
+    if args.command == "export":
+        r = export_hf(args.ckpt, args.out, overwrite=args.overwrite)
+        done = (f"exported {args.ckpt} -> {r['out']} ({', '.join(r['files'])}); load it with "
+                f"transformers.AutoModelForCausalLM.from_pretrained({r['out']!r})")
+    else:
+        r = import_hf(args.hf, args.out, overwrite=args.overwrite)
+        done = (f"imported {args.hf} -> {r['out']} (tokenizer: {r['tokenizer'] or 'none'}); "
+                f"try: mmlab sample --ckpt {r['out']}")
     for note in r["notes"]:
         print(f"note: {note}", file=sys.stderr)
-    print(f"exported {args.ckpt} -> {r['out']} ({', '.join(r['files'])}); load it with "
-          f"transformers.AutoModelForCausalLM.from_pretrained({r['out']!r})")
-    return 0
-
-
-def _cmd_import_hf(args: argparse.Namespace) -> int:
-    from mmlab.hf_export import import_hf
-
-    r = import_hf(args.hf, args.out, overwrite=args.overwrite)
-    for note in r["notes"]:
-        print(f"note: {note}", file=sys.stderr)
-    print(f"imported {args.hf} -> {r['out']} (tokenizer: {r['tokenizer'] or 'none'}); "
-          f"try: mmlab sample --ckpt {r['out']}")
+    print(done)
     return 0
 
 
@@ -792,14 +788,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "chat template). AutoModelForCausalLM and AutoTokenizer load it. Only models with the "
                             "Llama switches can be exported; a LoRA adapter is merged in.")
             p.add_argument("--ckpt", required=True, help="a checkpoint folder or a run folder holding ckpt/")
-            p.set_defaults(func=_cmd_export_hf)
         else:
             p = top_sub.add_parser(
                 "hf", help="a Llama folder (safetensors) -> an mmlab checkpoint",
                 description="Read a Hugging Face Llama folder (config.json, model.safetensors or shards, "
                             "tokenizer.json) into an mmlab checkpoint folder that every mmlab command loads.")
             p.add_argument("--hf", required=True, help="the Hugging Face model folder")
-            p.set_defaults(func=_cmd_import_hf)
+        p.set_defaults(func=_cmd_hf)
         p.add_argument("--out", required=True, help="the folder to write")
         p.add_argument("--overwrite", action="store_true", help="replace an earlier export / import in --out")
 
