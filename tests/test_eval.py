@@ -15,7 +15,7 @@ from mmlab.eval.choice import ChoiceItem, evaluate_choices, load_choice_items
 from mmlab.eval.exact import ModelAnswerer, evaluate_exact, gsm8k_items, synthetic_items
 from mmlab.eval.loglik import LogLikelihood
 from mmlab.eval.perplexity import perplexity
-from mmlab.eval.stats import accuracy_vs_chance, binomial_stderr
+from mmlab.eval.stats import accuracy_vs_chance, binomial_stderr, wilson_interval
 from mmlab.model import MiniMindLM
 from mmlab.tokenizer import ENDOFTEXT, CharTokenizer, encode_chat, train_bpe
 from mmlab.train.checkpoint import save_checkpoint
@@ -76,6 +76,32 @@ def test_chance_stderr_and_ties():
     assert r["verdict"] == "above chance"
     assert accuracy_vs_chance([1.0] * 28 + [0.0] * 72, [0.25] * 100)["verdict"] == "not distinguishable from chance"
     assert accuracy_vs_chance([0.0] * 100, [0.25] * 100)["verdict"] == "below chance"
+
+
+def test_intervals_are_wilson_never_zero_width_at_the_edges():
+    # 0 right out of 50: Wald's p ± 1.96 stderr is [0, 0]; Wilson's upper end is z² / (n + z²)
+    assert binomial_stderr(0.0, 50) == 0.0
+    lo, hi = wilson_interval(0.0, 50)
+    assert lo == 0.0 and hi == pytest.approx(1.96**2 / (50 + 1.96**2))
+    lo, hi = wilson_interval(1.0, 50)
+    assert hi == 1.0 and lo == pytest.approx(50 / (50 + 1.96**2))
+    # 40 out of 100 (a textbook value), and the interval is asymmetric around p away from 0.5
+    assert wilson_interval(0.4, 100) == pytest.approx((0.3094, 0.4980), abs=1e-4)
+    lo, hi = wilson_interval(0.1, 60)
+    assert 0 < lo < 0.1 < hi < 1 and hi - 0.1 > 0.1 - lo
+    assert all(math.isnan(x) for x in wilson_interval(0.5, 0))
+    for n in (1, 6, 11, 21, 50):  # it always holds the measured accuracy (exactly, even at 0 and 1)
+        assert all(wilson_interval(k / n, n)[0] <= k / n <= wilson_interval(k / n, n)[1] for k in range(n + 1))
+    # every accuracy and every breakdown cell carries it; the terminal report prints it
+    r = accuracy_vs_chance([0.0] * 50, [0.0] * 50)
+    assert r["stderr"] == 0.0 and r["ci95"] == pytest.approx([0.0, 1.96**2 / (50 + 1.96**2)])
+    items = synthetic_items(12)
+    result = evaluate_exact(items, lambda q: "no idea")
+    assert all(g["ci95"][1] > 0 for g in result["breakdown"]["by_kind"].values())
+    from mmlab.eval.tasks import format_report
+
+    text = format_report({"task": "synthetic-tasks", "about": "", **result})
+    assert "0.000 (95% CI 0.000-0.243)" in text
 
 
 def test_a_scorer_that_knows_the_answers_scores_one(data_env):
@@ -171,3 +197,19 @@ def test_cli_happy_path_and_a_bad_task(data_env, tmp_path, bpe, model, capsys):
     assert main(["eval", "--ckpt", str(tmp_path / "ckpt"), "--task", "mmlu"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown eval task 'mmlu'" in err and "arc-easy-test" in err
+
+
+def test_perplexity_reads_the_pretraining_corpus_only(data_env, tmp_path, bpe, model, capsys):
+    """A pretrained checkpoint is scored on its own corpus by default; an SFT checkpoint records conversations,
+    not text, so it asks for --data instead of reading its JSONL as a corpus."""
+    state = {"step": 1, "train_config": {"val_fraction": 0.1, "seed": 0}, "extra": {"data": "the-verdict"}}
+    save_checkpoint(tmp_path / "pre", model, bpe, state)
+    assert main(["eval", "--ckpt", str(tmp_path / "pre"), "--task", "perplexity", "--limit", "100"]) == 0
+    assert "bits per byte" in capsys.readouterr().out
+    sft_state = {"step": 1, "train_config": {"seed": 0}, "extra": {"stage": "sft", "data": "instructions-1k"}}
+    save_checkpoint(tmp_path / "sft", model, bpe, sft_state)
+    assert main(["eval", "--ckpt", str(tmp_path / "sft"), "--task", "perplexity"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs --data" in err and "sft checkpoint" in err
+    assert main(["eval", "--ckpt", str(tmp_path / "sft"), "--task", "perplexity", "--data", "the-verdict",
+                 "--limit", "100"]) == 0

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -43,30 +42,13 @@ def check_task(task: str) -> None:
         raise MMLabError(f"unknown eval task {task!r}; known: {', '.join(TASKS)}")
 
 
-def _run_settings(folder: Path) -> dict[str, Any]:
-    """The corpus, its seed and the val fraction of the run that wrote ``folder`` (for --task perplexity)."""
-    settings: dict[str, Any] = {}
-    cfg_file = folder.parent / "train_config.json"
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        train_cfg = json.loads(cfg_file.read_text())
-        settings["val_fraction"] = float(train_cfg["val_fraction"])
-        settings["seed"] = int(train_cfg["seed"])
-    try:
-        from mmlab.train.checkpoint import load_trainer_state
-
-        settings["data"] = load_trainer_state(folder).get("extra", {}).get("data")
-    except MMLabError:
-        pass
-    return settings
-
-
 def run_eval(ckpt: str | Path, task: str, limit: int | None = None, data: str | None = None, split: str = "all",
              out: str | Path | None = None, device: str = "auto", seed: int = SYNTHETIC_SEED,
              max_new_tokens: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Evaluate the checkpoint ``ckpt`` on ``task`` (see TASKS); write the result to ``out`` (JSON) if given."""
     from mmlab.data.registry import dataset_path
     from mmlab.device import resolve_device
-    from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model, resolve_checkpoint
+    from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model, pretraining_corpus, resolve_checkpoint
 
     check_task(task)
     if limit is not None and limit < 1:
@@ -79,11 +61,14 @@ def run_eval(ckpt: str | Path, task: str, limit: int | None = None, data: str | 
     if task == "perplexity":
         from mmlab.eval.perplexity import perplexity
 
-        run = _run_settings(folder)
-        data = data or run.get("data")
+        run, why = pretraining_corpus(folder)
+        if run is not None and data not in (None, run["data"]):
+            run = None  # another corpus: its own split, seed 0
+        data = data or (run or {}).get("data")
         if data is None:
-            raise MMLabError("--task perplexity needs --data: a corpus name (`mmlab data list`) or a text file")
-        val_fraction, corpus_seed = run.get("val_fraction", 0.1), run.get("seed", 0)
+            raise MMLabError(f"--task perplexity needs --data: a corpus name (`mmlab data list`) or a text file "
+                             f"({why})")
+        val_fraction, corpus_seed = (run or {}).get("val_fraction", 0.1), (run or {}).get("seed", 0)
         result = perplexity(model, tok, data, split=split, limit=limit, val_fraction=val_fraction,
                             corpus_seed=corpus_seed)
         settings = {"data": data, "split": split, "val_fraction": val_fraction if split == "val" else None,
@@ -155,7 +140,8 @@ def format_report(r: dict[str, Any]) -> str:
         return "\n".join(lines)
     for name, m in r["metrics"].items():
         z = "" if m["z_vs_chance"] is None else f", z = {m['z_vs_chance']:+.2f}"
-        lines.append(f"  {name:<12} {m['accuracy']:.3f} ± {m['stderr']:.3f}   chance {m['chance']:.3f}{z}: "
+        lo, hi = m["ci95"]
+        lines.append(f"  {name:<12} {m['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f})   chance {m['chance']:.3f}{z}: "
                      f"{m['verdict'].upper() if not m['distinguishable_from_chance'] else m['verdict']}")
     if "bias" in r:
         b = r["bias"]

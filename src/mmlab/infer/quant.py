@@ -323,23 +323,18 @@ def held_out_tokens(ckpt: str | Path, tokenizer: Any, max_tokens: int) -> tuple[
     ``(None, why)`` when the checkpoint records no text corpus (or it cannot be read)."""
     from mmlab.data.corpus import load_corpus
     from mmlab.data.pretrain import PretrainData, tokenize_corpus
-    from mmlab.train.checkpoint import load_trainer_state, resolve_checkpoint
+    from mmlab.train.checkpoint import pretraining_corpus
 
-    folder = resolve_checkpoint(ckpt)
-    if not (folder / "trainer_state.pt").is_file():
-        return None, "the checkpoint has no trainer state, so no record of its corpus"
-    state = load_trainer_state(folder)
-    extra, train_cfg = state.get("extra", {}), state.get("train_config", {})
-    data = extra.get("data")
-    if data is None or extra.get("stage") not in (None, "distill"):  # SFT / DPO / GRPO data is not plain text
-        return None, "the checkpoint records no pretraining corpus"
+    run, why = pretraining_corpus(ckpt)
+    if run is None:
+        return None, why
+    data = run["data"]
     try:
-        corpus = load_corpus(data, seed=train_cfg.get("seed", 0))
-        if extra.get("corpus_sha256") and corpus.sha256() != extra["corpus_sha256"]:
+        corpus = load_corpus(data, seed=run["seed"])
+        if run["sha256"] and corpus.sha256() != run["sha256"]:
             return None, f"the corpus {data!r} changed since the checkpoint was trained on it"
         tokens = tokenize_corpus(corpus, tokenizer)
-        block = train_cfg.get("block_size") or 2
-        val = PretrainData.from_tokens(tokens, train_cfg.get("val_fraction", 0.1), block, corpus.source).val
+        val = PretrainData.from_tokens(tokens, run["val_fraction"], run["block_size"] or 2, corpus.source).val
     except MMLabError as e:
         return None, f"cannot read the corpus {data!r}: {e}"
     return val[: max_tokens + 1], f"{min(len(val) - 1, max_tokens):,} held-out tokens of {data}"

@@ -207,6 +207,25 @@ def load_checkpoint_tokenizer(path: str | Path) -> Tokenizer:
     return load_tokenizer(resolve_checkpoint(path))
 
 
+def pretraining_corpus(path: str | Path) -> tuple[dict[str, Any] | None, str]:
+    """The text corpus a checkpoint was (pre)trained on, as its trainer state records it: ``({"data", "seed",
+    "val_fraction", "block_size", "sha256"}, "")``, or ``(None, why)``. SFT, DPO and GRPO checkpoints record
+    conversations or prompts, not a text corpus, so they give None: held-out perplexity needs ``--data``."""
+    folder = resolve_checkpoint(path)
+    if not (folder / STATE_FILE).is_file():
+        return None, "the checkpoint has no trainer state, so no record of its corpus"
+    try:
+        state = load_trainer_state(folder)
+    except CheckpointError as e:
+        return None, str(e)
+    extra, train_cfg = state.get("extra") or {}, state.get("train_config") or {}
+    if extra.get("data") is None or extra.get("stage") not in (None, "distill"):
+        stage = extra.get("stage")
+        return None, f"the checkpoint records no text corpus{f' (it is a {stage} checkpoint)' if stage else ''}"
+    return {"data": extra["data"], "seed": train_cfg.get("seed", 0), "val_fraction": train_cfg.get("val_fraction", 0.1),
+            "block_size": train_cfg.get("block_size"), "sha256": extra.get("corpus_sha256")}, ""
+
+
 def load_trainer_state(path: str | Path) -> dict[str, Any]:
     folder = resolve_checkpoint(path)
     if not (folder / STATE_FILE).is_file():
