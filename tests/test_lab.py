@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mmlab.docsite.quiz import parse_quiz
 from mmlab.errors import MMLabError
 from mmlab.lab import Experiment
 from mmlab.lab.registry import discover
@@ -120,26 +121,14 @@ def test_code_guide_python_examples_run(lesson, tmp_path, monkeypatch):
 QUIZ_MINIMUM = {"03-attention": (7, 3), "04-feedforward": (7, 3)}
 
 
-def parse_quiz(text: str):
-    mc, open_q = [], []
-    for block in re.split(r"\n(?=### )", text):
-        if not block.startswith("### "):
-            continue
-        options = re.findall(r"^- \[([ x])\] ", block, re.M)
-        if options:
-            mc.append({"options": options, "explained": "**Explanation:**" in block})
-        elif "**Reference answer:**" in block:
-            open_q.append(block)
-    return mc, open_q
-
-
 @pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.name)
 def test_quiz_is_well_formed(lesson):
-    mc, open_q = parse_quiz((lesson / "quiz.md").read_text())
+    """Parsed by the site's own parser, which refuses a question without exactly one right option."""
+    quiz = parse_quiz((lesson / "quiz.md").read_text(), lesson / "quiz.md")
     n_mc, n_open = QUIZ_MINIMUM.get(lesson.name, (5, 2))
-    assert len(mc) >= n_mc and len(open_q) >= n_open
-    for q in mc:
-        assert q["options"].count("x") == 1 and len(q["options"]) >= 3 and q["explained"]
+    assert len(quiz.choices) >= n_mc and len(quiz.open_questions) >= n_open
+    for q in quiz.choices:
+        assert len(q.options) >= 3 and q.explanation.startswith("**Explanation:**"), q.heading
 
 
 def test_runtime_writes_quick_results_apart_from_committed_ones(tmp_path):

@@ -6,17 +6,14 @@ import contextlib
 import io
 import json
 import logging
-import os
-import select
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from http.client import HTTPConnection
 
 import pytest
 
+from browser import Chromium, require_chromium, wait_until
 from mmlab.cli import main
 from mmlab.config import get_preset
 from mmlab.infer.chat import ChatSession, chat, fit_history
@@ -106,15 +103,6 @@ def assert_api_error(status, body, expected_status, param=None, code=None):
 def healthy(server):
     status, _, body = call(server, "GET", "/health")
     return status == 200 and body["status"] == "ok"
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # --- endpoints -------------------------------------------------------------------------------------
@@ -530,70 +518,8 @@ def test_an_error_after_the_stream_started_ends_the_stream_not_a_second_response
 
 # --- the chat page, in a real browser ----------------------------------------------------------------
 
-class Chromium:
-    """Headless Chromium driven through the DevTools protocol over a pipe (fd 3 in, fd 4 out): no websocket."""
-
-    def __init__(self, exe, profile):
-        to_chrome, self._w = os.pipe()
-        self._r, from_chrome = os.pipe()
-        args = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-extensions", "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"]
-        # bash moves the pipe ends to fds 3 and 4, where Chromium expects them
-        self.proc = subprocess.Popen(["bash", "-c", f'exec "$0" "$@" 3<&{to_chrome} 4>&{from_chrome}', *args],
-                                     pass_fds=(to_chrome, from_chrome), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        os.close(to_chrome)
-        os.close(from_chrome)
-        self._buf = b""
-        self._id = 0
-
-    def send(self, method, params=None, session=None, timeout=15):
-        self._id += 1
-        msg = {"id": self._id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        os.write(self._w, json.dumps(msg).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\0" not in self._buf:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self._r], [], [], left)[0]:
-                    raise TimeoutError(f"Chromium did not answer {method}")
-                chunk = os.read(self._r, 1 << 16)
-                if not chunk:
-                    raise RuntimeError("Chromium closed the DevTools pipe")
-                self._buf += chunk
-            raw, self._buf = self._buf.split(b"\0", 1)
-            answer = json.loads(raw)
-            if answer.get("id") == self._id:
-                if "error" in answer:
-                    raise RuntimeError(f"{method}: {answer['error']}")
-                return answer["result"]
-
-    def close(self):
-        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
-            self.send("Browser.close", timeout=5)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._w)
-        os.close(self._r)
-
-
-def chromium_exe():
-    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-
-
 def test_chat_page_streams_a_reply_in_headless_chromium(server, tmp_path):
-    exe = chromium_exe()
-    missing = "Chromium is not installed (Debian: apt-get install -y chromium)" if exe is None else \
-        "bash is needed to hand Chromium its DevTools pipe" if shutil.which("bash") is None else None
-    if missing and os.environ.get("MMLAB_BROWSER_TESTS") == "required":  # .ci/run sets it once Chromium is in
-        pytest.fail(missing)
-    if missing:
-        pytest.skip(missing)
+    exe = require_chromium()
     browser = Chromium(exe, tmp_path / "profile")
     try:
         target = browser.send("Target.createTarget", {"url": f"{server.url}/"})["targetId"]

@@ -535,6 +535,31 @@ def _cmd_lab_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_docs_build(args: argparse.Namespace) -> int:
+    from mmlab.docsite import build_site
+
+    r = build_site(args.out)
+    print(f"built the site (strict): {r.pages} pages in {r.seconds:.1f} s -> {r.out / 'index.html'}")
+    return 0
+
+
+def _cmd_docs_serve(args: argparse.Namespace) -> int:
+    from mmlab.docsite import build_site, make_server
+
+    r = build_site(args.out)
+    server = make_server(r.out, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"built the site (strict): {r.pages} pages in {r.seconds:.1f} s; serving {r.out} at "
+          f"http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -802,8 +827,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a checkpoint on one task. Tasks: perplexity (loss and bits per byte on "
                                    "--data), arc-easy-test, commonsenseqa-val, hellaswag-100 (multiple choice by "
                                    "log-likelihood), synthetic-tasks, gsm8k-test (greedy answers, exact match). "
-                                   "Accuracies are reported next to chance with a standard error, plus a breakdown "
-                                   "and failure samples.")
+                                   "Accuracies are reported next to chance with a 95% Wilson interval, plus a "
+                                   "breakdown and failure samples.")
     p.add_argument("--ckpt", required=True, help="a checkpoint folder or a run folder holding ckpt/")
     p.add_argument("--task", required=True, help="perplexity | arc-easy-test | commonsenseqa-val | hellaswag-100 | "
                                                  "synthetic-tasks | gsm8k-test")
@@ -887,6 +912,23 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Regenerate every result block in modules/**/*.md and README.md.")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is out of date")
     p.set_defaults(func=_cmd_lab_render)
+
+    docs = sub.add_parser("docs", help="the learning site: build it or serve it",
+                          description="The learning site, generated from the Markdown beside the code (lessons, "
+                                      "learning paths, interactive quizzes). Needs the docs extra: "
+                                      "pip install -e \".[docs]\".")
+    docs_sub = docs.add_subparsers(dest="docs_command", metavar="SUBCOMMAND", required=True)
+    p = docs_sub.add_parser("build", help="build the site (strict: a broken link or a missing image fails)",
+                            description="Build the site into --out. Strict: any MkDocs warning (a broken link, a "
+                                        "missing image) fails the build and leaves an earlier site in place.")
+    p.add_argument("--out", default="build/site", help="site folder (default: build/site)")
+    p.set_defaults(func=_cmd_docs_build)
+    p = docs_sub.add_parser("serve", help="build the site, then serve it on this machine",
+                            description="Build the site into --out, then serve it as static files until Ctrl-C.")
+    p.add_argument("--out", default="build/site", help="site folder (default: build/site)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    p.set_defaults(func=_cmd_docs_serve)
 
     p = sub.add_parser("quickstart", help="train a tiny Shakespeare model in about two minutes, then sample",
                        description="Train the shakespeare-char preset on TinyShakespeare (the synthetic corpus "

@@ -1,0 +1,34 @@
+"""MkDocs hooks of the learning site (loaded by path from the generated mkdocs.yml).
+
+Math: ``pymdownx.arithmatex`` (generic mode) marks ``$...$`` and ``$$...$$`` as ``\\(...\\)`` and
+``\\[...\\]`` spans; here they become MathML at build time, which browsers render natively: no
+JavaScript and nothing fetched from a CDN.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+from latex2mathml.converter import convert
+from mkdocs.exceptions import PluginError
+
+MATH = re.compile(r'<(?P<tag>span|div) class="arithmatex">(?P<tex>.*?)</(?P=tag)>', re.S)
+
+
+def to_mathml(page_html: str, where: str = "page") -> str:
+    def replace(m: re.Match) -> str:
+        tex = html.unescape(m["tex"]).strip()
+        display = m["tag"] == "div"
+        tex = tex[2:-2].strip() if tex[:2] in ("\\(", "\\[") else tex  # generic mode wraps in \( \) or \[ \]
+        try:
+            mathml = convert(tex, display="block" if display else "inline")
+        except Exception as e:  # latex2mathml raises many kinds of errors for bad LaTeX
+            raise PluginError(f"{where}: cannot render the math {tex!r}: {e or type(e).__name__}") from None
+        return f'<div class="mmlab-math">{mathml}</div>' if display else mathml
+
+    return MATH.sub(replace, page_html)
+
+
+def on_page_content(html_text, page, config, files):
+    return to_mathml(html_text, page.file.src_uri)
