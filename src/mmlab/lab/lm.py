@@ -2,13 +2,18 @@
 
 ``train_lm`` runs the library's ``Trainer`` on TinyShakespeare (characters) and returns what
 comparisons need — the loss history, the final validation loss, the step where a run diverged and
-its speed — without writing checkpoints.
+its speed — without writing checkpoints. ``cached_train_lm`` keeps a trained model in the lab cache so
+that several experiments (and lessons) can read the same one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -90,6 +95,7 @@ def train_lm(
     source: Any = None,
     param_dtype: torch.dtype | None = None,
     eval_rows: int | None = None,
+    init: MiniMindLM | None = None,
     **train_overrides: Any,
 ) -> dict[str, Any]:
     """Train ``cfg`` for ``steps`` and report losses. A run *diverges* when its loss or gradient
@@ -99,6 +105,8 @@ def train_lm(
     an fp32 master copy (what mixed precision avoids).
     ``eval_rows``: rows per evaluation batch (default ``batch_size``); fix it to compare runs of different
     batch sizes on the same held-out windows.
+    ``init``: start from this model's weights instead of a fresh initialisation (a fine-tune); ``cfg`` may
+    differ from its config only where no weights are stored (``max_seq_len`` or ``rope_scaling`` with RoPE).
     ``train_overrides``: other TrainConfig fields (``schedule``, ``optimizer``, ``grad_accum``, ...)."""
     block = block_size or cfg.max_seq_len
     warmup = min(100, steps // 10) if warmup is None else warmup
@@ -110,6 +118,8 @@ def train_lm(
                            save_checkpoints=False, plot=False, **train_overrides)
         torch.manual_seed(seed)
         model = MiniMindLM(cfg)
+        if init is not None:
+            model.load_state_dict(init.state_dict())
         if param_dtype is not None:
             model = model.to(param_dtype)
         source = source if source is not None else batches(block, eval_rows or batch_size, eval_batches)
@@ -136,6 +146,51 @@ def train_lm(
         "elapsed_s": elapsed,
         "model": model,
     }
+
+
+LM_CACHE_VERSION = 1  # part of every cached model's key: raise it when a library change alters what training produces
+
+
+def cached_train_lm(cfg: ModelConfig, steps: int, lr: float, *, cache: bool = True,
+                    log: Callable[[str], None] | None = None, **train_args: Any) -> dict[str, Any]:
+    """``train_lm`` on TinyShakespeare, with the trained weights kept in the lab cache (``$MMLAB_LAB_CACHE``,
+    default ``~/.cache/mmlab/lab``) under a hash of every setting: experiments that study the same model
+    share one training run (the position-encoding lesson trains a RoPE model on 64-character windows; the
+    long-context lesson reads it at 512). ``train_args``: ``train_lm``'s other keyword arguments, JSON values
+    only (``source``, ``init`` and ``param_dtype`` are for ``train_lm`` itself). ``cache=False`` (smoke runs)
+    trains and writes nothing.
+
+    Returns ``{"model", "final_val_loss", "settings", "path", "from_cache"}``; a fresh run also carries
+    ``train_lm``'s other results. The same settings give the same model either way."""
+    from mmlab.errors import MMLabError
+    from mmlab.lab.posttrain import cache_root
+
+    settings = {"version": LM_CACHE_VERSION, "data": "tinyshakespeare", "model": cfg.to_dict(), "steps": steps,
+                "lr": lr, **train_args}
+    try:
+        blob = json.dumps(settings, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise MMLabError(f"cached_train_lm: every setting must be a plain JSON value ({e}); "
+                         "call train_lm for a custom source, init or param_dtype") from None
+    path = cache_root() / f"lm-{hashlib.sha256(blob.encode()).hexdigest()[:12]}.pt"
+    if cache and path.is_file():
+        saved = torch.load(path, weights_only=True)
+        model = MiniMindLM(cfg)
+        model.load_state_dict(saved["state_dict"])
+        if log:
+            log(f"loaded the trained model from {path}")
+        return {"model": model, "final_val_loss": saved["final_val_loss"], "settings": settings, "path": str(path),
+                "from_cache": True}
+    if log:
+        log(f"training {cfg.name} for {steps} steps" + (f" (cached in {path} for later runs)" if cache else ""))
+    result = train_lm(cfg, steps, lr, **train_args)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        torch.save({"state_dict": result["model"].state_dict(), "final_val_loss": result["final_val_loss"],
+                    "settings": blob}, tmp)
+        os.replace(tmp, path)  # a crash never leaves a half-written model under the final name
+    return {**result, "settings": settings, "path": str(path) if cache else None, "from_cache": False}
 
 
 def document_splits(corpus: str, val_fraction: float = 0.1,

@@ -58,6 +58,14 @@ def precompute_rope(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables, each (max_len, head_dim), for positions 0..max_len-1."""
     inv_freq, attention_factor = rope_inv_freq(head_dim, theta, scaling)
+    return rope_tables(inv_freq, max_len, attention_factor)
+
+
+def rope_tables(
+    inv_freq: torch.Tensor, max_len: int, attention_factor: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, each (max_len, 2 * len(inv_freq)), for any inverse frequencies (head_dim/2,):
+    what ``precompute_rope`` builds from ``rope_inv_freq``, open to frequencies chosen by hand."""
     positions = torch.arange(max_len, dtype=torch.float32)
     angles = torch.outer(positions, inv_freq)  # (T, d/2)
     angles = torch.cat([angles, angles], dim=-1)  # (T, d): pair i uses columns i and i + d/2

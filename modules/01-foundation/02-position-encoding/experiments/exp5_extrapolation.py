@@ -12,7 +12,7 @@ import torch
 
 from mmlab.config import RopeScaling
 from mmlab.lab import Experiment
-from mmlab.lab.lm import batches, shakespeare_config, train_lm
+from mmlab.lab.lm import batches, cached_train_lm, shakespeare_config
 from mmlab.lab.plots import figure
 from mmlab.model import MiniMindLM
 
@@ -41,7 +41,9 @@ def main(exp: Experiment) -> None:
     curves, trained = {}, {}
     for enc in ("rope", "alibi", "learned", "none"):
         cfg = shakespeare_config(pos_encoding=enc, max_seq_len=eval_len)
-        trained[enc] = train_lm(cfg, steps, lr, seed=exp.seed, block_size=TRAIN_LEN, eval_batches=exp.pick(20, 3, 2))
+        # kept in the lab cache: the long-context lesson (04-inference/04-long-context) reads this RoPE model
+        trained[enc] = cached_train_lm(cfg, steps, lr, cache=exp.mode != "smoke", log=exp.log, seed=exp.seed,
+                                       block_size=TRAIN_LEN, eval_batches=exp.pick(20, 3, 2))
         curves[enc] = loss_per_position(trained[enc]["model"], data, eval_len, n_windows, exp.seed)
         exp.log(f"{enc}: loss at <= {TRAIN_LEN}: {sum(curves[enc][:TRAIN_LEN]) / TRAIN_LEN:.3f}, "
                 f"beyond: {sum(curves[enc][TRAIN_LEN:]) / (eval_len - TRAIN_LEN):.3f}")
