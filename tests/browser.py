@@ -14,12 +14,16 @@ import pytest
 
 
 def wait_until(predicate, timeout=10.0):
+    """Whether ``predicate()`` turns true within ``timeout`` seconds. An exception counts as "not yet": a
+    page that is still loading answers with one ("Execution context was destroyed", a missing element)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
+    while True:
+        with contextlib.suppress(Exception):
+            if predicate():
+                return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.02)
-    return False
 
 
 def chromium_exe():
@@ -59,6 +63,22 @@ class Chromium:
         self._id = 0
         self.events = []
 
+    def _receive(self, deadline, waiting_for):
+        """The next message from Chromium; an event is also kept in ``events``."""
+        while b"\0" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._r], [], [], left)[0]:
+                raise TimeoutError(f"Chromium did not answer {waiting_for}")
+            chunk = os.read(self._r, 1 << 16)
+            if not chunk:
+                raise RuntimeError("Chromium closed the DevTools pipe")
+            self._buf += chunk
+        raw, self._buf = self._buf.split(b"\0", 1)
+        message = json.loads(raw)
+        if "method" in message:
+            self.events.append(message)
+        return message
+
     def send(self, method, params=None, session=None, timeout=15):
         self._id += 1
         msg = {"id": self._id, "method": method, "params": params or {}}
@@ -67,22 +87,21 @@ class Chromium:
         os.write(self._w, json.dumps(msg).encode() + b"\0")
         deadline = time.monotonic() + timeout
         while True:
-            while b"\0" not in self._buf:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self._r], [], [], left)[0]:
-                    raise TimeoutError(f"Chromium did not answer {method}")
-                chunk = os.read(self._r, 1 << 16)
-                if not chunk:
-                    raise RuntimeError("Chromium closed the DevTools pipe")
-                self._buf += chunk
-            raw, self._buf = self._buf.split(b"\0", 1)
-            answer = json.loads(raw)
+            answer = self._receive(deadline, method)
             if answer.get("id") == self._id:
                 if "error" in answer:
                     raise RuntimeError(f"{method}: {answer['error']}")
                 return answer["result"]
-            if "method" in answer:
-                self.events.append(answer)
+
+    def wait_event(self, method, session, since=0, timeout=15):
+        """The first event ``method`` of ``session`` from ``events[since]`` on, waiting for it if need be."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events[since:]:
+                if event["method"] == method and event.get("sessionId") == session:
+                    return event
+            since = len(self.events)
+            self._receive(deadline, method)
 
     def close(self):
         with contextlib.suppress(OSError, RuntimeError, TimeoutError):
@@ -119,15 +138,20 @@ class Tab:
             raise RuntimeError(f"{expression[:80]!r}: {result['exceptionDetails'].get('text')}")
         return result["result"].get("value")
 
+    def _load(self, method, params, timeout):
+        """Navigate (``Page.navigate`` or ``Page.reload``) and wait for the new document's load event."""
+        since = len(self.browser.events)  # a load event before this one is the old document's
+        result = self.send(method, params)
+        assert not result.get("errorText"), f"{method} {params}: {result['errorText']}"
+        self.browser.wait_event("Page.loadEventFired", self.session, since, timeout)
+
     def open(self, url, timeout=15):
-        self.send("Page.navigate", {"url": url})
-        assert wait_until(lambda: self.js("document.readyState") == "complete" and self.js("location.href") == url,
+        self._load("Page.navigate", {"url": url}, timeout)
+        assert wait_until(lambda: self.js("document.readyState === 'complete' && location.href") == url,
                           timeout), f"{url} did not load"
 
     def reload(self, timeout=15):
-        self.js("window.__before_reload = true")
-        self.send("Page.reload")
-        assert wait_until(lambda: self.js("document.readyState === 'complete' && !window.__before_reload"), timeout)
+        self._load("Page.reload", {}, timeout)
 
     def click(self, selector):
         """A real mouse click in the middle of the first element matching ``selector``."""

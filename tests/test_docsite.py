@@ -2,6 +2,10 @@
 real lessons, and the built site driven in headless Chromium (home, a plot, a quiz, the score after a
 reload, search, the dark theme, no console errors). Screenshots go to tests/output/site/."""
 
+import os
+import socket
+import stat
+import subprocess
 import threading
 from pathlib import Path
 
@@ -10,9 +14,9 @@ from mkdocs.exceptions import PluginError
 
 from browser import Chromium, Tab, require_chromium, wait_until
 from mmlab.cli import main
-from mmlab.docsite.build import build_site, make_nav, make_server, rewrite_links, source_pages
+from mmlab.docsite.build import MARKER, build_site, make_nav, make_server, rewrite_links, site_dir, source_pages
 from mmlab.docsite.hooks import to_mathml
-from mmlab.docsite.quiz import Choice, OpenQuestion, parse_quiz, render_quiz
+from mmlab.docsite.quiz import parse_quiz, render_quiz
 from mmlab.errors import MMLabError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +40,7 @@ Pick one.
 
 ```text
 ### not a heading: inside a fence
+* [x] nor an option
 ```
 
 - [x] yes
@@ -65,18 +70,48 @@ def test_quiz_parser_finds_choices_answers_explanations_and_open_questions():
     [open_q] = quiz.open_questions
     assert open_q.heading == "### O1. Why?" and open_q.answer == "because\nit is."
     assert [type(p).__name__ for p in quiz.parts] == ["str", "Choice", "Choice", "str", "OpenQuestion"]
-    assert first.qid != second.qid and first.qid == parse_quiz(QUIZ).choices[0].qid  # stable ids
+    assert first.qid != second.qid
 
 
-@pytest.mark.parametrize("options, message", [
-    ("- [ ] a\n- [ ] b\n", "0 options marked"),
-    ("- [x] a\n- [x] b\n", "2 options marked"),
-    ("- [x] a\n", "at least two options"),
-    ("- [x] a\n- [ ] b\n\ntext\n\n- [ ] c\n", "one list"),
+def test_answer_ids_follow_the_question_as_written_not_its_place():
+    ids = [q.qid for q in parse_quiz(QUIZ).choices]
+    assert [q.qid for q in parse_quiz("# Intro\n\nA new paragraph.\n\n" + QUIZ[1:]).choices] == ids  # moved
+    assert parse_quiz(QUIZ.replace("C. neither", "C. none")).choices[0].qid != ids[0]  # an option changed
+    assert parse_quiz(QUIZ.replace("- [ ] A.", "- [x] A.").replace("- [x] B.", "- [ ] B.")).choices[0].qid != ids[0]
+    question = "### Q. Same?\n- [x] a\n- [ ] b\n\n**Explanation:** a.\n\n"
+    a, b, c = (q.qid for q in parse_quiz(question * 3).choices)  # exact duplicates: an ordinal tells them apart
+    assert (b, c) == (f"{a}-2", f"{a}-3")
+
+
+OK_OPTIONS = "- [x] a\n- [ ] b\n"
+
+
+@pytest.mark.parametrize("section, line, message", [
+    ("- [ ] a\n- [ ] b\n", 3, "has 0 options marked"),
+    ("- [x] a\n- [x] b\n", 3, "has 2 options marked"),
+    ("- [x] a\n\n**Explanation:** a.\n", 3, "at least two options"),
+    ("- [x] a\n- [ ] b\n\ntext\n\n- [ ] c\n", 9, "has text between its options: they must be one list"),
+    # options almost written right
+    ("* [x] a\n- [ ] b\n", 4, r"has '\* \[x\] a': write an option as `- \[ \] text`"),
+    ("- [ ] a\n-[x] b\n", 5, r"has '-\[x\] b'"),
+    ("- [ ] a\n  - [x] b\n", 5, r"has '- \[x\] b'.*unindented"),
+    ("[x] a\n[ ] b\n\n**Explanation:** a.\n", 4, r"has '\[x\] a'"),
+    # labels almost written right
+    (f"{OK_OPTIONS}\n**explanation:** a.\n", 7, r"has '\*\*explanation:\*\* a.': write the label exactly"),
+    (f"{OK_OPTIONS}\n> **Explanation**: a.\n", 7, "write the label exactly"),
+    (f"{OK_OPTIONS}\nExplanation: a.\n", 7, "write the label exactly"),
+    ("\n> _Reference answer:_ because\n", 5, "write the label exactly"),
+    ("\n**Reference Answer:** because\n", 5, "write the label exactly"),
+    # labels out of place, explanations missing
+    (OK_OPTIONS, 3, "needs an explanation right after its options"),
+    (f"{OK_OPTIONS}\nA paragraph.\n\n**Explanation:** a.\n", 3, "needs an explanation right after"),
+    (f"**Explanation:** first.\n\n{OK_OPTIONS}", 4, "label out of place"),
+    (f"{OK_OPTIONS}\n**Reference answer:** a.\n", 7, "label out of place"),
+    ("\n**Explanation:** but no options.\n", 5, "has an `\\*\\*Explanation:\\*\\*` but no options"),
 ])
-def test_a_malformed_question_is_an_error_naming_its_line(options, message):
-    with pytest.raises(MMLabError, match=rf"quiz.md:3: '### Q1. Hm\?'.*{message}"):
-        parse_quiz(f"# Quiz\n\n### Q1. Hm?\n{options}", "quiz.md")
+def test_a_malformed_question_is_an_error_naming_its_line(section, line, message):
+    with pytest.raises(MMLabError, match=rf"^quiz.md:{line}: '### Q1. Hm\?' .*{message}"):
+        parse_quiz(f"# Quiz\n\n### Q1. Hm?\n{section}", "quiz.md")
 
 
 def test_rendered_quiz_keeps_the_markdown_inside_html_wrappers():
@@ -87,13 +122,6 @@ def test_rendered_quiz_keeps_the_markdown_inside_html_wrappers():
     assert "- B. that one, with $x^2$ and a second line\n" in page  # options are a Markdown list
     assert "<summary>Reveal the reference answer</summary>\n\nbecause\nit is." in page
     assert "- [x]" not in page and "- [ ]" not in page and "Pick one." in page
-
-
-def test_the_lessons_quizzes_parse():
-    for path in sorted((ROOT / "modules").glob("*/*/quiz.md")):
-        quiz = parse_quiz(path.read_text(), path)
-        assert quiz.choices and all(isinstance(q, Choice) for q in quiz.choices), path
-        assert all(isinstance(q, OpenQuestion) and q.answer for q in quiz.open_questions), path
 
 
 # --- links and navigation ----------------------------------------------------------------------------
@@ -125,6 +153,32 @@ def test_links_to_pages_stay_and_links_to_code_point_at_the_repository(tmp_path)
     assert images == {"modules/a/01-b/results/p.png"}
     assert rewrite_links("[script](experiments/exp1.py)", "modules/a/01-b/README.md", tmp_path, pages, None)[0] == \
         "script"  # no repository URL: the link becomes its text
+
+
+def test_an_image_is_shown_or_left_for_the_strict_build_never_linked(tmp_path):
+    _tree(tmp_path, {"README.md": "# Home\n", "modules/a/01-b/README.md": "# B\n", "modules/a/01-b/teaching.md": "",
+                     "modules/a/01-b/results/p.png": "png", "modules/a/01-b/results/quick/q.png": "png",
+                     "modules/a/01-b/results/quick/q.json": "{}", "modules/a/01-b/experiments/exp1.py": ""})
+    pages = {"README.md", "modules/a/01-b/README.md", "modules/a/01-b/teaching.md"}
+    kept = ("[![plot](results/p.png)](teaching.md) ![a script](experiments/exp1.py) [above the root](../../../..)\n"
+            "![quick](results/quick/q.png) [quick](results/quick/q.json)\n")
+    text = kept + '[![plot](results/p.png "P")](experiments/exp1.py) [root](../../..)'
+    out, images = rewrite_links(text, "modules/a/01-b/README.md", tmp_path, pages, "https://git.example/r")
+    assert out == kept + ('[![plot](results/p.png "P")](https://git.example/r/blob/main/modules/a/01-b/experiments/'
+                          'exp1.py) [root](../../../README.md)')
+    assert images == {"modules/a/01-b/results/p.png"}  # quick-run results are never shown (never committed)
+
+
+def test_in_a_git_checkout_an_ignored_file_is_not_there_to_link(tmp_path):
+    _tree(tmp_path, {"README.md": "# Home\n", ".gitignore": "scratch/\n", "scratch/x.py": "", "new.py": "",
+                     "tracked.py": ""})
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "add", "README.md", ".gitignore", "tracked.py"], cwd=tmp_path, check=True)
+    text = "[a](scratch/x.py) [b](new.py) [c](tracked.py) [d](scratch)"
+    out, _ = rewrite_links(text, "README.md", tmp_path, {"README.md"}, "https://git.example/r")
+    assert out == "[a](scratch/x.py) [b](https://git.example/r/blob/main/new.py) " \
+                  "[c](https://git.example/r/blob/main/tracked.py) [d](scratch)"
 
 
 def test_navigation_follows_the_folders(tmp_path):
@@ -176,9 +230,11 @@ def site(tmp_path_factory):
 def test_the_repository_builds_strictly_with_every_lesson(site):
     print(f"\nsite: {site.pages} pages in {site.seconds:.2f} s -> {site.out}")
     pages = source_pages(ROOT)
-    assert site.pages == len(pages) and {"README.md", "ROADMAP.md", f"{LESSON}/quiz.md"} <= set(pages)
+    assert {"README.md", "ROADMAP.md", f"{LESSON}/quiz.md"} <= set(pages)
     for page in pages:  # every Markdown file of the lessons is a page
         assert (site.out / page.replace("README.md", "index.md")).with_suffix(".html").is_file(), page
+    built = [p for p in site.out.rglob("*.html") if p.name != "404.html"]
+    assert site.pages == len(built) == len(pages)  # what MkDocs wrote, counted apart from what was staged
     home = (site.out / "index.html").read_text()
     for lesson in sorted(p.parent for p in (ROOT / "modules").glob("*/*/README.md")):
         title = (lesson / "README.md").read_text().splitlines()[0].removeprefix("# ")
@@ -207,8 +263,10 @@ def test_a_broken_link_or_missing_image_fails_and_keeps_the_last_site(tmp_path):
     assert build_site(out, root).pages == 2
     for broken in ("[teaching](teaching.md)", "![plot](results/nope.png)", "[up](../../../nothing/here.py)"):
         (root / "modules/01-a/01-b/README.md").write_text(f"# 01 · B\n\n{broken}\n")
-        with pytest.raises(MMLabError, match=r"(?s)strict mode.*modules/01-a/01-b/README.md"):
+        with pytest.raises(MMLabError, match=r"(?s)strict mode.*modules/01-a/01-b/README.md") as failed:
             build_site(out, root)
+        assert str(failed.value).splitlines()[0] == \
+            "the site did not build (strict mode): 1 problem, any earlier site is kept:"
         assert (out / "modules/01-a/01-b/index.html").is_file()  # the last good site stays
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "site"]  # no half-built folder left
 
@@ -219,7 +277,8 @@ def test_docs_build_command_reports_and_refuses_foreign_folders(tmp_path, capsys
     monkeypatch.setenv("MMLAB_MODULES", str(tmp_path / "repo" / "modules"))
     assert main(["docs", "build", "--out", str(tmp_path / "site")]) == 1
     assert "quiz.md:3: '### Q1. Hm?' has 2 options marked [x]" in capsys.readouterr().err
-    (tmp_path / "repo/modules/01-a/01-b/quiz.md").write_text("# Quiz\n\n### Q1. Hm?\n- [x] a\n- [ ] b\n")
+    (tmp_path / "repo/modules/01-a/01-b/quiz.md").write_text("# Quiz\n\n### Q1. Hm?\n- [x] a\n- [ ] b\n\n"
+                                                             "**Explanation:** a.\n")
     assert main(["docs", "build", "--out", str(tmp_path / "site")]) == 0
     assert "3 pages in" in capsys.readouterr().out
     (tmp_path / "mine").mkdir()
@@ -230,6 +289,107 @@ def test_docs_build_command_reports_and_refuses_foreign_folders(tmp_path, capsys
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     assert main(["docs", "build", "--out", str(tmp_path / "site")]) == 1
     assert 'the site needs the docs extra' in capsys.readouterr().err
+
+
+def _small_repo(root):
+    _tree(root, {"README.md": "# Home\n\n[lesson](modules/01-a/01-b/README.md)\n",
+                 "modules/01-a/01-b/README.md": "# 01 · B\n\n[code](../../../x.py)\n", "x.py": ""})
+
+
+def _mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_second_build_replaces_the_first_and_the_site_is_readable(tmp_path):
+    root, out = tmp_path / "repo", tmp_path / "site"
+    _small_repo(root)
+    build_site(out, root)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert _mode(out) == 0o777 & ~umask  # not mkdtemp's private 0700
+    (root / "README.md").write_text("# Home again\n")
+    build_site(out, root)
+    assert "Home again" in (out / "index.html").read_text() and _mode(out) == 0o777 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "site"]  # nothing parked or half-built left
+    assert {"index.html", "modules/01-a/01-b/index.html"} <= set((out / MARKER).read_text().splitlines())
+
+
+@pytest.mark.parametrize("stray", ["CNAME", ".git/HEAD", "modules/notes.txt"])
+def test_a_build_refuses_to_replace_a_site_holding_anything_it_did_not_write(tmp_path, stray):
+    root, out = tmp_path / "repo", tmp_path / "site"
+    _small_repo(root)
+    build_site(out, root)
+    (out / stray).parent.mkdir(exist_ok=True)
+    (out / stray).write_text("mine")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    first = stray.split("/")[0]  # .git before .git/HEAD
+    with pytest.raises(MMLabError, match=rf"^{out} holds what `mmlab docs build` did not write \({first}"):
+        build_site(out, root)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before and (out / stray).read_text() == "mine"
+
+
+def test_a_failed_move_into_place_restores_the_earlier_site(tmp_path, monkeypatch):
+    root, out = tmp_path / "repo", tmp_path / "site"
+    _small_repo(root)
+    build_site(out, root)
+    (root / "README.md").write_text("# Home again\n")
+    rename = Path.rename
+
+    def failing(self, target):  # the new site cannot take the earlier one's place
+        if Path(target) == out and self.name.startswith(".site.new-"):
+            raise PermissionError(13, "Permission denied")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(MMLabError, match=rf"^cannot put the site at {out}: Permission denied$"):
+        build_site(out, root)
+    assert "Home again" not in (out / "index.html").read_text() and (out / MARKER).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "site"]
+
+
+def test_unreadable_sources_and_unusable_folders_are_one_line_errors(tmp_path):
+    root = tmp_path / "repo"
+    _small_repo(root)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(MMLabError, match=rf"^cannot write the site into {tmp_path / 'a-file'}: .+$"):
+        build_site(tmp_path / "a-file" / "site", root)
+    (root / "modules/01-a/01-b/README.md").write_bytes(b"# 01 \xb7 B\n")  # Latin-1, not UTF-8
+    with pytest.raises(MMLabError, match=rf"^{root / 'modules/01-a/01-b/README.md'}: not UTF-8 text .+$"):
+        build_site(tmp_path / "site", root)
+
+
+def test_the_default_site_folder_is_in_the_clone_when_run_inside_it(tmp_path, monkeypatch):
+    root = tmp_path / "repo"
+    (root / "modules" / "01-a").mkdir(parents=True)
+    monkeypatch.chdir(root / "modules" / "01-a")
+    assert site_dir(None, root) == root / "build" / "site"
+    monkeypatch.chdir(tmp_path)
+    assert site_dir(None, root) == tmp_path / "build" / "site"
+    assert site_dir("elsewhere", root) == tmp_path / "elsewhere"
+
+
+def test_math_errors_name_the_exception_even_without_a_message(monkeypatch):
+    def convert(tex, display):
+        raise ValueError()
+
+    monkeypatch.setattr("mmlab.docsite.hooks.convert", convert)
+    with pytest.raises(PluginError, match=r"^p.md: cannot render the math 'x': ValueError$"):
+        to_mathml('<span class="arithmatex">\\(x\\)</span>', "p.md")
+
+
+def test_ports_are_checked_when_parsed_and_docs_serve_binds_before_building(tmp_path, capsys, monkeypatch):
+    for argv in (["docs", "serve"], ["serve", "--ckpt", "x"]):
+        for port in ("65536", "-1", "http"):
+            with pytest.raises(SystemExit) as exited:
+                main([*argv, "--port", port])
+            assert exited.value.code == 2 and "--port" in capsys.readouterr().err
+    monkeypatch.setattr("mmlab.docsite.build_site", lambda *a, **k: pytest.fail("built before binding"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["docs", "serve", "--port", str(port), "--out", str(tmp_path / "site")]) == 1
+    assert f"mmlab: error: cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 # --- the built site in a browser -------------------------------------------------------------------------
@@ -243,6 +403,18 @@ def served(site):
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
+
+
+def test_waiting_counts_an_exception_as_not_yet():  # a page that is loading answers with one
+    answers = iter([RuntimeError("Execution context was destroyed."), False, True])
+
+    def probe():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert wait_until(probe, timeout=5) and not wait_until(lambda: 1 / 0, timeout=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -300,10 +472,13 @@ def test_a_quiz_gives_feedback_and_keeps_its_score_across_a_reload(served, tab):
     assert tab.js(explanation) == "none"  # hidden until answered
     tab.click(f"[data-qid='{first[0]}'] .mmlab-options li:nth-child({wrong})")  # a wrong answer
     tab.click(f"[data-qid='{second[0]}'] .mmlab-options li:nth-child({second[1] + 1})")  # a right one
+    # right and wrong in words too, not by colour alone
     state = """[...document.querySelectorAll('.mmlab-q')].slice(0, 2).map(q => [q.dataset.state,
                  q.querySelector('.mmlab-verdict').textContent, q.querySelectorAll('.mmlab-right').length,
-                 q.querySelectorAll('.mmlab-wrong').length])"""
-    expected = [["wrong", "Not quite: the right option is marked in green.", 1, 1], ["right", "Right.", 1, 0]]
+                 q.querySelectorAll('.mmlab-wrong').length,
+                 [...q.querySelectorAll('.mmlab-mark')].map(m => m.textContent).filter(t => t).sort()])"""
+    expected = [["wrong", "Not quite: the right option is marked ✓.", 1, 1,
+                 ["✓ the right answer", "✗ your answer: wrong"]], ["right", "Right.", 1, 0, ["✓ your answer: right"]]]
     assert tab.js(state) == expected and tab.js(explanation) == "block"
     assert tab.js(score) == f"Score: 1 / {total} (2 answered)"
     tab.click(f"[data-qid='{first[0]}'] .mmlab-options li:nth-child({first[1] + 1})")  # the first answer counts

@@ -13,7 +13,7 @@ from http.client import HTTPConnection
 
 import pytest
 
-from browser import Chromium, require_chromium, wait_until
+from browser import Chromium, Tab, require_chromium, wait_until
 from mmlab.cli import main
 from mmlab.config import get_preset
 from mmlab.infer.chat import ChatSession, chat, fit_history
@@ -519,26 +519,20 @@ def test_an_error_after_the_stream_started_ends_the_stream_not_a_second_response
 # --- the chat page, in a real browser ----------------------------------------------------------------
 
 def test_chat_page_streams_a_reply_in_headless_chromium(server, tmp_path):
-    exe = require_chromium()
-    browser = Chromium(exe, tmp_path / "profile")
+    browser = Chromium(require_chromium(), tmp_path / "profile")
     try:
-        target = browser.send("Target.createTarget", {"url": f"{server.url}/"})["targetId"]
-        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-
-        def js(expression):
-            result = browser.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
-            return result["result"].get("value")
-
-        assert wait_until(lambda: js("document.readyState === 'complete' && !!document.getElementById('input')"))
+        tab = Tab(browser)
+        tab.open(f"{server.url}/")
         # the settings the page sends: greedy, 10 tokens
-        js("document.getElementById('temperature').value = '0'; document.getElementById('max_tokens').value = '10'")
-        js("document.getElementById('input').focus()")
-        browser.send("Input.insertText", {"text": "Hello there"}, session)  # typed, as a user would
+        tab.js("document.getElementById('temperature').value = '0'; "
+               "document.getElementById('max_tokens').value = '10'")
+        tab.js("document.getElementById('input').focus()")
+        tab.send("Input.insertText", {"text": "Hello there"})  # typed, as a user would
         for kind in ("keyDown", "keyUp"):
-            browser.send("Input.dispatchKeyEvent", {"type": kind, "key": "Enter", "code": "Enter",
-                                                    "windowsVirtualKeyCode": 13}, session)
-        assert wait_until(lambda: js("document.body.dataset.state") in ("done", "error"), 20)
-        page = js("""(() => {
+            tab.send("Input.dispatchKeyEvent", {"type": kind, "key": "Enter", "code": "Enter",
+                                                "windowsVirtualKeyCode": 13})
+        assert wait_until(lambda: tab.js("document.body.dataset.state") in ("done", "error"), 20)
+        page = tab.js("""(() => {
             const q = (s) => [...document.querySelectorAll(s)];
             return {state: document.body.dataset.state, user: q('.user').map(e => e.textContent),
                     replies: q('.assistant').map(e => [e.textContent, e.dataset.chunks]),

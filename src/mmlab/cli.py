@@ -544,20 +544,31 @@ def _cmd_docs_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_docs_serve(args: argparse.Namespace) -> int:
-    from mmlab.docsite import build_site, make_server
+    from mmlab.docsite import build_site, make_server, site_dir
 
-    r = build_site(args.out)
-    server = make_server(r.out, args.host, args.port)
-    host, port = server.server_address[:2]
-    print(f"built the site (strict): {r.pages} pages in {r.seconds:.1f} s; serving {r.out} at "
-          f"http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    out = site_dir(args.out)
+    server = make_server(out, args.host, args.port)  # bound first: a busy port is reported before the build
     try:
+        r = build_site(out)
+        host, port = server.server_address[:2]
+        print(f"built the site (strict): {r.pages} pages in {r.seconds:.1f} s; serving {r.out} at "
+              f"http://{host}:{port}/ (Ctrl-C stops)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
     return 0
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535 (0: any free port), got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -761,7 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "is generated at a time; up to --queue more wait, further ones get 429.")
     p.add_argument("--ckpt", required=True, help="a checkpoint folder or a run folder holding ckpt/")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default: 8000; 0: any free port)")
     p.add_argument("--max-tokens-limit", type=_positive_int, default=1024, help="the largest max_tokens accepted")
     p.add_argument("--default-max-tokens", type=_positive_int, default=256,
                    help="max_tokens of a request that gives none")
@@ -915,19 +926,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     docs = sub.add_parser("docs", help="the learning site: build it or serve it",
                           description="The learning site, generated from the Markdown beside the code (lessons, "
-                                      "learning paths, interactive quizzes). Needs the docs extra: "
+                                      "learning paths, interactive quizzes). Needs the docs extra: in a clone, "
                                       "pip install -e \".[docs]\".")
     docs_sub = docs.add_subparsers(dest="docs_command", metavar="SUBCOMMAND", required=True)
+    site_help = "site folder (default: build/site in the clone's root when run inside it, else here)"
     p = docs_sub.add_parser("build", help="build the site (strict: a broken link or a missing image fails)",
                             description="Build the site into --out. Strict: any MkDocs warning (a broken link, a "
                                         "missing image) fails the build and leaves an earlier site in place.")
-    p.add_argument("--out", default="build/site", help="site folder (default: build/site)")
+    p.add_argument("--out", default=None, help=site_help)
     p.set_defaults(func=_cmd_docs_build)
     p = docs_sub.add_parser("serve", help="build the site, then serve it on this machine",
                             description="Build the site into --out, then serve it as static files until Ctrl-C.")
-    p.add_argument("--out", default="build/site", help="site folder (default: build/site)")
+    p.add_argument("--out", default=None, help=site_help)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    p.add_argument("--port", type=_port, default=8001,
+                   help="port (default: 8001, beside `mmlab serve`'s 8000; 0: any free port)")
     p.set_defaults(func=_cmd_docs_serve)
 
     p = sub.add_parser("quickstart", help="train a tiny Shakespeare model in about two minutes, then sample",

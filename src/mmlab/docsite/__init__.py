@@ -3,6 +3,6 @@ code (build.py), interactive quizzes from each quiz.md (quiz.py, assets/quiz.js)
 
 Needs the ``docs`` extra (mkdocs, mkdocs-material, pymdown-extensions, latex2mathml) only to build."""
 
-from mmlab.docsite.build import BuildReport, build_site, make_server
+from mmlab.docsite.build import BuildReport, build_site, make_server, site_dir
 
-__all__ = ["BuildReport", "build_site", "make_server"]
+__all__ = ["BuildReport", "build_site", "make_server", "site_dir"]

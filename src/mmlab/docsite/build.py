@@ -5,8 +5,9 @@
 
 - turns each ``quiz.md`` into an interactive page (``quiz.py``, ``assets/quiz.js``);
 - keeps links between pages; rewrites a link to a file that is not a page (an experiment script,
-  ``src/...``) into a link to that file in the source repository; leaves a link to nothing alone, so
-  the strict build fails on it;
+  ``src/...``) into a link to that file in the source repository; leaves a link to nothing (or to a
+  file git ignores, such as quick-run results) alone, so the strict build fails on it; copies the images
+  the pages show, and never turns an image into a link;
 - generates the navigation from the folders, so a new lesson appears by itself;
 - runs MkDocs (Material theme) in strict mode: a warning (a broken link, a missing image) fails the
   build, and the last good site stays in place.
@@ -20,11 +21,14 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import os
 import posixpath
 import re
 import shutil
+import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,15 +40,17 @@ HOOKS = Path(__file__).parent / "hooks.py"
 TOP_PAGES = {"README.md": "Home", "ROADMAP.md": "Learning paths", "DEVELOPERS.md": "Developers"}
 LESSON_PAGES = {"teaching.md": "Teaching", "code_guide.md": "Code guide", "quiz.md": "Quiz"}
 IMAGES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
-MARKER = ".mmlab-site"  # marks a folder this command built, so it may replace it
+MARKER = ".mmlab-site"  # marks a folder this command built and lists what it wrote, so it may replace it
 NEEDS = {"mkdocs": "mkdocs", "material": "mkdocs-material", "pymdownx": "pymdown-extensions",
          "latex2mathml": "latex2mathml"}
 
-# Code (fenced blocks, inline spans) is skipped; a link is [text](target "title") or ![alt](target).
+# Code (fenced blocks, inline spans) is skipped; a link is [text](target "title") or ![alt](target), and
+# a link's text may hold an image: [![plot](results/p.png)](teaching.md).
+IMAGE = r"!\[[^\]\n]*\]\([^)\s]+(?:\s+\"[^\"]*\")?\)"
 LINK = re.compile(
     r"(?P<fence>^[ \t]*(?P<f>`{3,}|~{3,})[^\n]*\n.*?^[ \t]*(?P=f)[ \t]*$)"
     r"|(?P<code>(?P<ticks>`+)(?:(?!\n[ \t]*\n).)+?(?P=ticks))"
-    r"|(?P<link>!?\[(?P<text>[^\]\n]*)\]\((?P<target>[^)\s]+)(?P<title>\s+\"[^\"]*\")?\))",
+    rf"|(?P<link>!?\[(?P<text>(?:{IMAGE}|[^\]\n])*)\]\((?P<target>[^)\s]+)(?P<title>\s+\"[^\"]*\")?\))",
     re.M | re.S,
 )
 
@@ -65,39 +71,70 @@ def source_url() -> str | None:
     return next((u.split(",", 1)[1].strip() for u in urls if u.lower().startswith("source,")), None)
 
 
-def rewrite_links(text: str, page: str, root: Path, pages: set[str], repo_url: str | None) -> tuple[str, set[str]]:
+def linkable(root: Path) -> Callable[[str], bool]:
+    """Whether a path (relative to ``root``) is there for the site to link to or show: it exists and, in a
+    git checkout, git does not ignore it; outside git, it is not under ``results/quick/`` (quick-run
+    results, which are never committed). A link to anything else is left for the strict build to report."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                cwd=root, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout, or no git
+        return lambda path: (root / path).exists() and "/results/quick/" not in f"/{path}/"
+    known = {"."}
+    for name in os.fsdecode(listed).split("\0"):
+        while name and name not in known:  # the file and its folders
+            known.add(name)
+            name = posixpath.dirname(name)
+    return lambda path: path in known and (root / path).exists()
+
+
+def rewrite_links(text: str, page: str, root: Path, pages: set[str], repo_url: str | None,
+                  can_link: Callable[[str], bool] | None = None) -> tuple[str, set[str]]:
     """Rewrite the links of ``page`` (a path relative to ``root``) for the site; return the text and the
     images it shows (paths relative to ``root``, to copy).
 
     A link to a page stays; to a folder with a README.md page, points at that page; to any other file or
     folder of the repository, points at it in ``repo_url`` (or becomes plain text without one); a link
-    to nothing stays as it is, for the strict build to report."""
+    to nothing (see ``linkable``) stays as it is, for the strict build to report. An image is copied, or
+    left for the strict build to report: never turned into a link."""
     images: set[str] = set()
+    can_link = can_link or linkable(root)
 
     def fix(m: re.Match) -> str:
         if not m["link"]:
             return m[0]  # code
-        target = m["target"]
+        image, target = m[0].startswith("!"), m["target"]
+        inner = m["text"] if image else LINK.sub(fix, m["text"])  # a link's text may hold an image
+
+        def link(new: str) -> str:
+            return f"{'!' if image else ''}[{inner}]({new}{m['title'] or ''})"
+
         path, hash_, anchor = target.partition("#")
         if not path or re.match(r"^[a-z][a-z0-9+.-]*:", path, re.I) or path.startswith("/"):
-            return m[0]  # an anchor on this page, a URL, an absolute path
+            return link(target)  # an anchor on this page, a URL, an absolute path
         resolved = posixpath.normpath(posixpath.join(posixpath.dirname(page), path))
-        if resolved in pages or resolved.startswith("../") or not (root / resolved).exists():
-            return m[0]  # a page, or nothing: MkDocs checks both
-
-        def relink(new: str) -> str:
-            return m[0].replace(f"]({target}", f"]({new}{hash_}{anchor}", 1)
-
-        if (root / resolved).is_dir() and f"{resolved}/README.md" in pages:
-            return relink(posixpath.join(path, "README.md"))
-        if m[0].startswith("!") and Path(resolved).suffix.lower() in IMAGES and (root / resolved).is_file():
-            images.add(resolved)
-            return m[0]
+        if resolved in pages or resolved == ".." or resolved.startswith("../") or not can_link(resolved):
+            return link(target)  # a page, or nothing: MkDocs checks both
+        if image:
+            if Path(resolved).suffix.lower() in IMAGES and (root / resolved).is_file():
+                images.add(resolved)
+            return link(target)
+        if (root / resolved).is_dir() and posixpath.normpath(f"{resolved}/README.md") in pages:
+            return link(posixpath.join(path, "README.md") + hash_ + anchor)
         if repo_url is None:
-            return m["text"]
-        return relink(f"{repo_url}/{'tree' if (root / resolved).is_dir() else 'blob'}/main/{resolved}")
+            return inner
+        # the published branch, not the commit being built: its links stay valid once the site is online
+        kind = "tree" if (root / resolved).is_dir() else "blob"
+        return link(f"{repo_url}/{kind}/main/{resolved}{hash_}{anchor}")
 
     return LINK.sub(fix, text), images
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MMLabError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from None
 
 
 def source_pages(root: Path) -> list[str]:
@@ -114,7 +151,7 @@ def source_pages(root: Path) -> list[str]:
 
 
 def _title(root: Path, page: str, fallback: str) -> str:
-    m = re.search(r"^# (.+)$", (root / page).read_text(encoding="utf-8"), re.M)
+    m = re.search(r"^# (.+)$", _read(root / page), re.M)
     return m[1].strip() if m else fallback
 
 
@@ -187,13 +224,13 @@ def stage_docs(root: Path, docs: Path, repo_url: str | None) -> list[str]:
     """Write the site's Markdown and images into ``docs``; return the pages."""
     pages = source_pages(root)
     images: set[str] = set()
+    can_link = linkable(root)
     for page in pages:
-        text = (root / page).read_text(encoding="utf-8")
-        text, shown = rewrite_links(text, page, root, set(pages), repo_url)
+        text = _read(root / page)
+        if posixpath.basename(page) == "quiz.md":  # parsed as written, so the answers' ids ignore the links
+            text = render_quiz(parse_quiz(text, root / page), posixpath.dirname(page).removeprefix("modules/"))
+        text, shown = rewrite_links(text, page, root, set(pages), repo_url, can_link)
         images |= shown
-        if posixpath.basename(page) == "quiz.md":
-            quiz_id = posixpath.dirname(page).removeprefix("modules/")
-            text = render_quiz(parse_quiz(text, root / page), quiz_id)
         (docs / page).parent.mkdir(parents=True, exist_ok=True)
         (docs / page).write_text(text, encoding="utf-8")
     for image in images:
@@ -216,46 +253,102 @@ def _check_extra() -> None:
     missing = [pkg for mod, pkg in NEEDS.items() if importlib.util.find_spec(mod) is None]
     if missing:
         raise MMLabError(f"the site needs the docs extra ({', '.join(missing)} missing): "
-                         "pip install -e \".[docs]\" (or pip install \"minimind-lab[docs]\")")
+                         "in your clone of the repository, pip install -e \".[docs]\"")
+
+
+def _tree(folder: Path) -> set[str]:
+    """Every file and folder under ``folder``, as paths relative to it (links are not followed)."""
+    found = set()
+    for top, dirs, files in os.walk(folder):
+        rel = Path(top).relative_to(folder)
+        found |= {(rel / name).as_posix() for name in (*dirs, *files)}
+    return found
 
 
 def _check_out(out: Path) -> None:
-    """An earlier site (or an empty folder) may be replaced; anything else is refused."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
-        raise MMLabError(f"{out} exists and is not a site built by `mmlab docs build`: "
-                         "pass another --out, or remove it")
+    """``out`` may be missing, an empty folder, or a site an earlier build wrote that holds nothing else
+    (its marker lists what the build wrote: a .git, a CNAME or a note put there since is kept safe)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise MMLabError(f"{out} exists and is not a folder: pass another --out")
+    found = _tree(out)
+    if not found:
+        return
+    if MARKER not in found:
+        raise MMLabError(f"{out} exists and is not a site built by `mmlab docs build`: pass another --out, "
+                         "or remove it")
+    wrote = set((out / MARKER).read_text(encoding="utf-8", errors="replace").splitlines()[1:])
+    foreign = sorted(found - wrote - {MARKER})
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise MMLabError(f"{out} holds what `mmlab docs build` did not write ({', '.join(foreign[:3])}{more}): "
+                         "move it away, or pass another --out")
 
 
 def _replace(new: Path, out: Path) -> None:
-    """Put the built site at ``out``, in place of an earlier one."""
+    """Put the built site at ``out``, in place of an earlier one; if that fails, the earlier one stays."""
     _check_out(out)
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        new.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(out)
+    parked = None  # the earlier site, moved aside into a fresh folder
+    try:
+        if out.exists():
+            parked = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent)) / "site"
+            out.rename(parked)
+        try:
+            new.rename(out)
+        except OSError:
+            if parked:
+                parked.rename(out)  # the earlier site goes back
+            raise
+    except OSError as e:
+        kept = f" (the earlier site is in {parked})" if parked and parked.exists() and not out.exists() else ""
+        raise MMLabError(f"cannot put the site at {out}: {e.strerror or e}{kept}") from None
+    finally:
+        if parked and (out.exists() or not parked.exists()):
+            shutil.rmtree(parked.parent, ignore_errors=True)
 
 
-def build_site(out: str | Path = "build/site", root: str | Path | None = None) -> BuildReport:
-    """Build the site into ``out`` (strict: any warning fails, leaving an earlier site in place)."""
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def repo_root(root: str | Path | None = None) -> Path:
+    """The repository whose Markdown the site shows: ``root``, else the folder holding ``modules/``."""
+    if root is None:
+        from mmlab.lab.registry import modules_root
+
+        root = modules_root().parent
+    return Path(root).resolve()
+
+
+def site_dir(out: str | Path | None = None, root: str | Path | None = None) -> Path:
+    """Where the site goes: ``out``; by default build/site in the repository's root when the working
+    directory is inside it, else in the working directory."""
+    if out is not None:
+        return Path(out).resolve()
+    root, cwd = repo_root(root), Path.cwd().resolve()
+    return (root if root == cwd or root in cwd.parents else cwd) / "build" / "site"
+
+
+def build_site(out: str | Path | None = None, root: str | Path | None = None) -> BuildReport:
+    """Build the site into ``out`` (``site_dir``). Strict: any warning fails, leaving an earlier site in place."""
     _check_extra()
     from mkdocs.commands.build import build
     from mkdocs.config import load_config
     from mkdocs.exceptions import MkDocsException
 
-    if root is None:
-        from mmlab.lab.registry import modules_root
-
-        root = modules_root().parent
-    root, out = Path(root).resolve(), Path(out).resolve()
+    root, out = repo_root(root), site_dir(out, root)
     _check_out(out)
     start = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mmlab-docs-") as tmp:
-        docs, site = Path(tmp) / "docs", Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+        docs = Path(tmp) / "docs"
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            site = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+        except OSError as e:
+            raise MMLabError(f"cannot write the site into {out.parent}: {e.strerror or e}") from None
         try:
             pages = stage_docs(root, docs, source_url())
             config_file = Path(tmp) / "mkdocs.yml"
@@ -267,27 +360,31 @@ def build_site(out: str | Path = "build/site", root: str | Path | None = None) -
             try:
                 build(load_config(str(config_file)))
             except MkDocsException as e:  # strict mode's Abort, or a hook's PluginError
-                found = "\n  ".join(m.replace(str(docs) + "/", "") for m in collect.messages) or str(e)
-                raise MMLabError(f"the site did not build (strict mode):\n  {found}") from None
+                found = [m.replace(str(docs) + "/", "") for m in collect.messages] or [str(e)]
+                raise MMLabError(f"the site did not build (strict mode): {len(found)} problem"
+                                 f"{'' if len(found) == 1 else 's'}, any earlier site is kept:\n  "
+                                 + "\n  ".join(found)) from None
             finally:
                 logger.removeHandler(collect)
                 logger.propagate = propagate
-            (site / MARKER).write_text("built by `mmlab docs build`; the next build replaces this folder\n")
+            wrote = "\n".join(sorted(_tree(site)))
+            (site / MARKER).write_text(f"built by `mmlab docs build`, which replaces this folder while it holds "
+                                       f"only what it wrote:\n{wrote}\n", encoding="utf-8")
+            site.chmod(0o777 & ~_umask())  # mkdtemp made it private; a site is read by a web server
             _replace(site, out)
         finally:
             shutil.rmtree(site, ignore_errors=True)
     return BuildReport(out, len(pages), time.perf_counter() - start)
 
 
-def make_server(site: str | Path, host: str = "127.0.0.1", port: int = 8000) -> http.server.ThreadingHTTPServer:
-    """A static file server for a built site (port 0: any free port); quiet about each request."""
+def make_server(site: str | Path, host: str = "127.0.0.1", port: int = 8001) -> http.server.ThreadingHTTPServer:
+    """A static file server for the site folder ``site`` (port 0: any free port); quiet about each request.
+    It binds at once and reads ``site`` only when asked, so `docs serve` reports a busy port before building."""
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def log_message(self, format, *args):
             pass
 
-    if not (Path(site) / "index.html").is_file():
-        raise MMLabError(f"{site}: no index.html: build the site first (mmlab docs build --out {site})")
     try:
         return http.server.ThreadingHTTPServer((host, port), functools.partial(Handler, directory=str(site)))
     except OSError as e:

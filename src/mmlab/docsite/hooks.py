@@ -24,7 +24,7 @@ def to_mathml(page_html: str, where: str = "page") -> str:
         try:
             mathml = convert(tex, display="block" if display else "inline")
         except Exception as e:  # latex2mathml raises many kinds of errors for bad LaTeX
-            raise PluginError(f"{where}: cannot render the math {tex!r}: {e or type(e).__name__}") from None
+            raise PluginError(f"{where}: cannot render the math {tex!r}: {str(e) or type(e).__name__}") from None
         return f'<div class="mmlab-math">{mathml}</div>' if display else mathml
 
     return MATH.sub(replace, page_html)

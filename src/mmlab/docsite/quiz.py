@@ -10,7 +10,10 @@ The Markdown stays the one source. One ``###`` heading per question::
     ### O1. An open question?
     > **Reference answer:** what a good answer says
 
-Everything else (the title, the intro, ``##`` headings) is kept as it is. ``render_quiz`` writes the
+A ``###`` section that almost follows this (an option written ``* [x]``, ``-[x]`` or indented; a label
+written ``**explanation**:`` or ``Reference answer:``; a choice without its explanation) is an error
+naming the file and line, never a question silently dropped. Everything else (the title, the intro,
+``##`` headings) is kept as it is. ``render_quiz`` writes the
 page as Markdown with HTML wrappers (``md_in_html``), so options, code and math render like any page;
 ``assets/quiz.js`` makes the options clickable and keeps the score in the browser's local storage.
 """
@@ -27,7 +30,11 @@ from mmlab.errors import MMLabError
 HEADING = re.compile(r"^#{1,6} ")
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
 OPTION = re.compile(r"^- \[([ xX])\] (.*)$")
+LABEL = re.compile(r"^(?:> ?)?\*\*(Explanation|Reference answer):\*\*")
 REFERENCE = re.compile(r"^(?:> ?)?\*\*Reference answer:\*\*\s*")
+# what a writer may have meant as an option or a label: checked against the exact forms above
+LOOSE_OPTION = re.compile(r"^\s*(?:[-*+]\s*)?\[[ xX]\]")
+LOOSE_LABEL = re.compile(r"^\s*(?:>\s*)*[*_]*\s*(explanation|reference\s+answer)\s*[*_]*\s*:", re.I)
 
 
 @dataclass
@@ -40,12 +47,10 @@ class Choice:
     options: list[str]  # each option's Markdown, without "- [ ] "
     answer: int  # index of the right option
     explanation: str  # Markdown after the options, blockquote markers removed
-
-    @property
-    def qid(self) -> str:
-        """A stable id for the browser's storage: a stored answer is dropped when the question changes."""
-        digest = hashlib.sha1("\n".join([self.heading, *self.options]).encode()).hexdigest()[:8]
-        return f"q{self.line}-{digest}"
+    # the browser stores answers under it: a hash of the heading and the options as written (not where they
+    # are in the file), so a stored answer is dropped exactly when the question changes; parse_quiz adds
+    # "-2", "-3" to exact duplicates
+    qid: str = ""
 
 
 @dataclass
@@ -69,15 +74,22 @@ class Quiz:
         return [p for p in self.parts if isinstance(p, OpenQuestion)]
 
 
+def _in_code(lines: list[str]) -> list[bool]:
+    """For each line, whether it belongs to a fenced code block (its fences included)."""
+    flags, fence = [], None
+    for line in lines:
+        m = FENCE.match(line)
+        flags.append(fence is not None or m is not None)
+        if m and (fence is None or m[1].startswith(fence)):
+            fence = m[1][0] * len(m[1]) if fence is None else None
+    return flags
+
+
 def _sections(lines: list[str]) -> list[tuple[int, list[str]]]:
     """Split at headings outside code fences: (first line number, lines)."""
     sections: list[tuple[int, list[str]]] = [(1, [])]
-    fence = None
-    for n, line in enumerate(lines, 1):
-        m = FENCE.match(line)
-        if m and (fence is None or m[1].startswith(fence)):
-            fence = m[1][0] * len(m[1]) if fence is None else None
-        elif fence is None and HEADING.match(line):
+    for n, (line, code) in enumerate(zip(lines, _in_code(lines), strict=True), 1):
+        if not code and HEADING.match(line):
             sections.append((n, []))
         sections[-1][1].append(line)
     return [s for s in sections if s[1]]
@@ -89,37 +101,66 @@ def _unquote(lines: list[str]) -> str:
 
 def _question(start: int, lines: list[str], source: str) -> Choice | OpenQuestion | None:
     heading, rest = lines[0], lines[1:]
-    where = f"{source}:{start}"
-    first = next((i for i, line in enumerate(rest) if OPTION.match(line)), None)
+    title = heading.strip()
+
+    def error(i: int | None, problem: str) -> MMLabError:  # i: a line of ``rest``, None for the heading
+        return MMLabError(f"{source}:{start if i is None else start + 1 + i}: {title!r} {problem}")
+
+    text = [(i, line) for i, (line, code) in enumerate(zip(rest, _in_code(rest), strict=True)) if not code]
+    for i, line in text:
+        if LOOSE_OPTION.match(line) and not OPTION.match(line):
+            raise error(i, f"has {line.strip()!r}: write an option as `- [ ] text` or `- [x] text`, unindented")
+        if LOOSE_LABEL.match(line) and not LABEL.match(line):
+            raise error(i, f"has {line.strip()!r}: write the label exactly `**Explanation:**` or "
+                           "`**Reference answer:**` (optionally after `> `)")
+    labels = {i: LABEL.match(line)[1] for i, line in text if LABEL.match(line)}
+    first = next((i for i, line in text if OPTION.match(line)), None)
     if first is not None:
         options, marks, i = [], [], first
         while i < len(rest) and (m := OPTION.match(rest[i])):
-            text = [m[2]]
+            words = [m[2]]
             i += 1
             while i < len(rest) and rest[i].startswith("  ") and rest[i].strip():  # an option's next lines
-                text.append(rest[i].strip())
+                words.append(rest[i].strip())
                 i += 1
-            options.append(" ".join(text))
+            options.append(" ".join(words))
             marks.append(m[1] != " ")
         if sum(marks) != 1:
-            raise MMLabError(f"{where}: {heading.strip()!r} has {sum(marks)} options marked [x]; mark exactly one")
+            raise error(None, f"has {sum(marks)} options marked [x]; mark exactly one")
         if len(options) < 2:
-            raise MMLabError(f"{where}: {heading.strip()!r} needs at least two options")
-        if any(OPTION.match(line) for line in rest[i:]):
-            raise MMLabError(f"{where}: {heading.strip()!r}: its options must be one list, without text between them")
-        return Choice(heading, start, "\n".join(rest[:first]).strip(), options, marks.index(True), _unquote(rest[i:]))
-    ref = next((i for i, line in enumerate(rest) if REFERENCE.match(line)), None)
-    if ref is not None:
+            raise error(None, "needs at least two options")
+        if (later := next((j for j, line in text if j >= i and OPTION.match(line)), None)) is not None:
+            raise error(later, "has text between its options: they must be one list")
+        misplaced = (j for j, label in labels.items() if j < first or label != "Explanation")
+        if (wrong := next(misplaced, None)) is not None:
+            raise error(wrong, "has a label out of place: a multiple-choice question takes an "
+                               "`**Explanation:**` after its options")
+        explanation = _unquote(rest[i:])
+        if not explanation.startswith("**Explanation:**"):
+            raise error(None, "needs an explanation right after its options, starting `**Explanation:**`")
+        digest = hashlib.sha1("\n".join([title, *rest[first:i]]).encode()).hexdigest()[:10]
+        return Choice(heading, start, "\n".join(rest[:first]).strip(), options, marks.index(True), explanation,
+                      f"q{digest}")
+    if (wrong := next((j for j, label in labels.items() if label == "Explanation"), None)) is not None:
+        raise error(wrong, "has an `**Explanation:**` but no options (`- [ ] ...`, `- [x] ...`); an open "
+                           "question takes a `**Reference answer:**`")
+    if labels:
+        ref = min(labels)
         answer = [REFERENCE.sub("", rest[ref]), *rest[ref + 1:]]
         return OpenQuestion(heading, start, "\n".join(rest[:ref]).strip(), _unquote(answer))
     return None
 
 
 def parse_quiz(text: str, source: str | Path = "quiz.md") -> Quiz:
-    """Parse quiz.md; a question whose options do not mark exactly one answer is an error naming its line."""
+    """Parse quiz.md. A malformed question (not exactly one right option, an option or a label that is
+    almost right, a choice without its explanation) is an error naming the file and line."""
     parts: list[str | Choice | OpenQuestion] = []
+    seen: dict[str, int] = {}
     for start, lines in _sections(text.splitlines()):
         question = _question(start, lines, str(source)) if lines[0].startswith("### ") else None
+        if isinstance(question, Choice):
+            seen[question.qid] = n = seen.get(question.qid, 0) + 1
+            question.qid += f"-{n}" if n > 1 else ""
         parts.append(question or "\n".join(lines).strip())
     return Quiz(parts)
 

@@ -1,6 +1,6 @@
 // Interactive quizzes. The page is generated from a lesson's quiz.md (mmlab/docsite/quiz.py): each
 // .mmlab-q holds a list of options and the index of the right one (data-answer). Choosing an option
-// shows right or wrong and the explanation; the choices are kept in the browser's local storage under
+// shows right or wrong (in words and marks, not by colour alone) and the explanation; the choices are kept in the browser's local storage under
 // "mmlab-quiz:<lesson>", so the score survives a reload. Static files only: no server, no library.
 (function () {
   "use strict";
@@ -30,13 +30,18 @@
       const pick = chosen(q);
       const right = Number(q.dataset.answer);
       options(q).forEach((li, i) => {
-        li.classList.toggle("mmlab-right", pick !== null && i === right);
-        li.classList.toggle("mmlab-wrong", pick !== null && i === pick && i !== right);
+        const isRight = pick !== null && i === right;
+        const isWrong = pick !== null && i === pick && i !== right;
+        li.classList.toggle("mmlab-right", isRight);
+        li.classList.toggle("mmlab-wrong", isWrong);
         li.setAttribute("aria-disabled", String(pick !== null));
+        li.querySelector(".mmlab-mark").textContent = isRight
+          ? (i === pick ? "✓ your answer: right" : "✓ the right answer")
+          : isWrong ? "✗ your answer: wrong" : "";
       });
       q.dataset.state = pick === null ? "open" : pick === right ? "right" : "wrong";
       q.querySelector(".mmlab-verdict").textContent =
-        pick === null ? "" : pick === right ? "Right." : "Not quite: the right option is marked in green.";
+        pick === null ? "" : pick === right ? "Right." : "Not quite: the right option is marked ✓.";
     }
 
     const text = box.querySelector(".mmlab-score-text");
@@ -57,6 +62,9 @@
       options(q).forEach((li, i) => {
         li.tabIndex = 0;
         li.setAttribute("role", "button");
+        const mark = document.createElement("span");
+        mark.className = "mmlab-mark";
+        li.append(mark);
         const choose = () => {
           if (chosen(q) !== null) return; // the first answer counts
           answers[q.dataset.qid] = i;
