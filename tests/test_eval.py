@@ -124,7 +124,8 @@ def test_exact_match_by_kind_and_failures(data_env):
     items = synthetic_items(36)
     answers = {it.question: it.answer for it in items}
     perfect = evaluate_exact(items, lambda q: f" {answers[q]}\n")
-    assert perfect["metrics"]["exact_match"]["accuracy"] == 1.0 and perfect["chance"] == 0.0
+    assert perfect["metrics"]["exact_match"]["accuracy"] == 1.0
+    assert perfect["chance"] == pytest.approx(shuffled_chance_by_hand(items, [it.answer for it in items]))
     assert set(perfect["breakdown"]["by_kind"]) == {"add", "sub", "mul", "copy", "reverse", "fact"}
     no_mul = evaluate_exact(items, lambda q: "no idea" if "*" in q else answers[q])
     assert no_mul["breakdown"]["by_kind"]["mul"]["accuracy"] == 0.0
@@ -213,3 +214,26 @@ def test_perplexity_reads_the_pretraining_corpus_only(data_env, tmp_path, bpe, m
     assert err.count("\n") == 1 and "needs --data" in err and "sft checkpoint" in err
     assert main(["eval", "--ckpt", str(tmp_path / "sft"), "--task", "perplexity", "--data", "the-verdict",
                  "--limit", "100"]) == 0
+
+
+def shuffled_chance_by_hand(items, gots):
+    """The mean over items of: the share of the other items of the same kind whose answer is this item's reference."""
+    shares = []
+    for i, it in enumerate(items):
+        others = [g for j, (o, g) in enumerate(zip(items, gots, strict=True)) if j != i and o.kind == it.kind]
+        shares.append(sum(g == it.answer for g in others) / len(others))
+    return sum(shares) / len(shares)
+
+
+def test_open_answer_chance_is_the_shuffled_answers_score(data_env):
+    """Lucky hits of a constant answer are not 'above chance': a model that gives the commonest fact answer to
+    every fact question scores what that answer scores on questions it never read."""
+    from collections import Counter
+
+    items = [it for it in synthetic_items(600) if it.kind == "fact"]
+    common = Counter(it.answer for it in items).most_common(1)[0][0]
+    constant = evaluate_exact(items, lambda q: common)
+    hits = sum(it.answer == common for it in items)
+    assert hits > 0 and constant["metrics"]["exact_match"]["accuracy"] == pytest.approx(hits / len(items))
+    assert constant["chance"] == pytest.approx(shuffled_chance_by_hand(items, [common] * len(items)))
+    assert constant["metrics"]["exact_match"]["verdict"] != "above chance"

@@ -15,6 +15,7 @@ not a wrong answer) and keeps a few failures to read.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,9 +93,20 @@ class ModelAnswerer:
         return text
 
 
+def shuffled_chance(refs: Sequence[str], gots: Sequence[str | None]) -> list[float]:
+    """Per item i: the share of the *other* items whose answer (``gots``) equals item i's reference. Its mean
+    is what the model would score answering every question with its own answer to another question — its
+    answers shuffled, so the question is never read. An open answer's chance is often taken as 0; on a task
+    with few distinct answers (a small set of facts, small numbers) it is not."""
+    counts = Counter(g for g in gots if g is not None)
+    n = len(refs)
+    return [(counts[r] - (g == r)) / (n - 1) if n > 1 else 0.0 for r, g in zip(refs, gots, strict=True)]
+
+
 def evaluate_exact(items: Sequence[QAItem], answer: Answerer, n_failures: int = 5,
                    progress: bool = False) -> dict[str, Any]:
-    """Answer every item with ``answer`` and grade it; accuracy (chance 0: open answers), error analysis.
+    """Answer every item with ``answer`` and grade it; accuracy next to the shuffled-answer chance (the
+    model's own answers given to the other questions of the same kind: ``shuffled_chance``), error analysis.
 
     Items ``answer`` cannot take (None: the prompt fills the context; MMLabError: text the tokenizer cannot
     encode) are skipped and counted by reason."""
@@ -113,14 +125,20 @@ def evaluate_exact(items: Sequence[QAItem], answer: Answerer, n_failures: int = 
             skipped.setdefault(reason, {"count": 0, "first": f"{item.source}: {why}"})["count"] += 1
             continue
         ok, got = grade(item, completion)
-        records.append({"item": item, "completion": completion, "extracted": got, "correct": float(ok),
-                        "chance": 0.0})
-    stats = accuracy_vs_chance([r["correct"] for r in records], [0.0] * len(records))
+        records.append({"item": item, "completion": completion, "extracted": got, "correct": float(ok)})
+    for kind in {r["item"].kind for r in records}:
+        same = [r for r in records if r["item"].kind == kind]
+        refs = [normalise_number(r["item"].answer) if kind == "math" else r["item"].answer for r in same]
+        for r, c in zip(same, shuffled_chance(refs, [r["extracted"] for r in same]), strict=True):
+            r["chance"] = c
+    chance = [r["chance"] for r in records]
+    stats = accuracy_vs_chance([r["correct"] for r in records], chance)
     result: dict[str, Any] = {
         "n": len(records),
         "skipped": skipped,
-        "chance": 0.0,
-        "chance_note": "open answers: a guess is almost never exactly right, so chance is taken as 0",
+        "chance": sum(chance) / len(chance) if chance else 0.0,
+        "chance_note": "shuffled answers: the model's own answers given to the other questions of the same kind "
+                       "(what answering without reading the question scores)",
         "metrics": {"exact_match": stats},
         "no_answer": sum(r["extracted"] is None for r in records) / len(records) if records else None,
         "breakdown": {

@@ -14,14 +14,21 @@ interval; on GSM8K the interval says how little "0 right" tells us about a bigge
 """
 
 import re
-from collections import Counter
 
 from _common import cli_samples, lesson_models, model_settings
 
 from mmlab.data.registry import dataset_path
 from mmlab.data.synthetic import OBJECTS, TASKS
 from mmlab.data.verifiable import normalise_number
-from mmlab.eval.exact import SYNTHETIC_SEED, ModelAnswerer, evaluate_exact, grade, gsm8k_items, synthetic_items
+from mmlab.eval.exact import (
+    SYNTHETIC_SEED,
+    ModelAnswerer,
+    evaluate_exact,
+    grade,
+    gsm8k_items,
+    shuffled_chance,
+    synthetic_items,
+)
 from mmlab.eval.stats import accuracy_vs_chance
 from mmlab.lab import Experiment
 from mmlab.lab.plots import figure
@@ -49,15 +56,6 @@ def categories(item, seen: set[str]) -> dict[str, str]:
     if w:
         cats["word length"] = f"{item.kind}, {len(w[1])} letters"
     return cats
-
-
-def shuffled_chance(refs: list[str], gots: list[str | None]) -> list[float]:
-    """Per item i: the share of the *other* items whose answer equals item i's reference. Its mean is what the
-    model would score answering every question with one of its own answers to another question — the model's
-    answers shuffled, so the question is never read. Exact match usually takes chance as 0; this measures it."""
-    counts = Counter(g for g in gots if g is not None)
-    n = len(refs)
-    return [(counts[r] - (g == r)) / (n - 1) if n > 1 else 0.0 for r, g in zip(refs, gots, strict=True)]
 
 
 def error_type(item, got: str | None) -> str:
