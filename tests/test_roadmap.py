@@ -144,8 +144,11 @@ def test_servers_the_paths_start_together_use_different_ports():
 def run_server(argv, env, cwd, timeout=300):
     """Start a server command, wait (at most ``timeout`` s) for the URL it prints, fetch the page, then stop
     it with Ctrl-C, which must end it cleanly. Returns what it printed (stdout and stderr)."""
+    # SIGINT back to its default in the child: a shell starts background jobs (`.ci/run &`, nohup) with SIGINT
+    # ignored, which the child would inherit, and then Python never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "mmlab.cli", *argv], env=env, cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: queue.Queue = queue.Queue()
 
     def read():  # a thread, so that waiting for a line has a deadline

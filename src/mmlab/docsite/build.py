@@ -26,6 +26,7 @@ import posixpath
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -385,7 +386,14 @@ def make_server(site: str | Path, host: str = "127.0.0.1", port: int = 8001) -> 
         def log_message(self, format, *args):
             pass
 
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True  # a slow client must not keep Ctrl-C from ending the process
+
+        def handle_error(self, request, client_address):  # a browser that leaves mid-page is no error
+            if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, TimeoutError)):
+                super().handle_error(request, client_address)
+
     try:
-        return http.server.ThreadingHTTPServer((host, port), functools.partial(Handler, directory=str(site)))
+        return Server((host, port), functools.partial(Handler, directory=str(site)))
     except OSError as e:
         raise MMLabError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
