@@ -539,9 +539,11 @@ def test_chat_page_streams_a_reply_in_headless_chromium(server, tmp_path):
                     meta: q('.meta').map(e => e.textContent), errors: q('.error').map(e => e.textContent),
                     input: document.getElementById('input').value};
         })()""")
+        console_errors = tab.errors()
     finally:
         browser.close()
     assert page["state"] == "done", page
+    assert console_errors == []  # no script error, no failed load (the page even names its own empty icon)
     assert page["user"] == ["Hello there"] and page["input"] == ""
     # what the page shows is what the API streams for the same request, chunk by chunk
     messages = [{"role": "user", "content": "Hello there"}]

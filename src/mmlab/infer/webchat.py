@@ -14,6 +14,7 @@ CHAT_PAGE = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<link rel="icon" href="data:,">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>MiniMind Lab chat</title>
 <style>
