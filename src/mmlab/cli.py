@@ -377,6 +377,17 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    """The sampling flags `mmlab sample` and `mmlab chat` share, and --device."""
+    p.add_argument("--max-new-tokens", type=_positive_int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto")
+
+
 def _cmd_hf(args: argparse.Namespace) -> int:
     """`mmlab export hf` and `mmlab import hf`."""
     from mmlab.hf_export import export_hf, import_hf
@@ -754,13 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate text from a checkpoint, streaming tokens as they come.")
     p.add_argument("--ckpt", required=True, help="a checkpoint folder or a run folder holding ckpt/")
     p.add_argument("--prompt", default="", help="text to continue (default: start of text)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=_positive_int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto")
+    _add_sampling_args(p, max_new_tokens=200)
     p.add_argument("--draft", default=None,
                    help="a smaller checkpoint with the same tokenizer: speculative decoding (same distribution)")
     p.add_argument("--speculate", type=_positive_int, default=4, help="tokens the draft proposes per round")
@@ -788,13 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "reply streams in. /reset forgets the conversation, /quit leaves.")
     p.add_argument("--ckpt", required=True, help="a checkpoint folder or a run folder holding ckpt/")
     p.add_argument("--system", default=None, help="a system message put before the conversation")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=256)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=_positive_int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto")
+    _add_sampling_args(p, max_new_tokens=256)
     p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("quantize", help="int8 / int4 weight-only quantization of a checkpoint",
