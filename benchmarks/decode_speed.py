@@ -3,9 +3,10 @@ int8 and int4, and the same model exported to Hugging Face and run by ``transfor
 
 The model: 4 layers x 256 (4 query heads, 2 KV heads, SwiGLU 704, tied embeddings), a byte-level BPE
 trained on synthetic stories (asked for 1,024 tokens; the small corpus stops merging earlier, and
-``setting`` gives the real size), random weights (speed does not depend on what the weights learned). It is saved as an mmlab checkpoint, exported with ``mmlab.hf_export.export_hf`` (what
-``mmlab export hf`` runs) and loaded back with ``AutoModelForCausalLM.from_pretrained``, so the
-transformers rows time exactly the exported files.
+``setting`` gives the real size), random weights (speed does not depend on what the weights learned).
+It is saved as an mmlab checkpoint, exported with ``mmlab.hf_export.export_hf`` (what ``mmlab export
+hf`` runs) and loaded back with ``AutoModelForCausalLM.from_pretrained``, so the transformers rows time
+exactly the exported files.
 
 Each run is batch 1, greedy: a 16-token prompt, then ``new_tokens`` tokens, timed end to end. Rows:
 

@@ -21,7 +21,7 @@ fp32, so int8/int4 decode is slower here; they win on *bytes*, not speed. The sp
 quantization worth it in llama.cpp or gpt-fast comes from kernels that dequantize in registers inside
 the matmul, so only the int bytes cross the memory bus. The cached variants run at fp32 speed but hold
 the fp32 weights *and* the int ones. bf16 halves the bytes; whether it is faster depends on the CPU's
-bf16 support (the JSON records ``cpu_capability``).
+bf16 support (the JSON's ``environment`` records ``cpu_capability`` and ``bf16_cpu``).
 
     python benchmarks/quant_decode.py            # 128 new tokens, median of 9 runs, ~15 s
     python benchmarks/quant_decode.py --quick    # 64 wide, 8 tokens, 2 runs (for tests)
@@ -32,14 +32,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import statistics
 import time
 
 import torch
 
 from mmlab.config import ModelConfig
+from mmlab.device import environment
 from mmlab.infer.generate import generate
 from mmlab.infer.quant import model_nbytes, quantize_model, set_dequantized_cache
 from mmlab.model import MiniMindLM
@@ -122,11 +121,7 @@ def main() -> None:
         "setting": f"4 layers x {width}, vocab 65, random weights; batch 1, {PROMPT_LEN}-token prompt + {new_tokens} "
                    f"greedy tokens with the static KV cache; median of {runs} interleaved runs",
         "quick": args.quick,
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        "environment": environment(),
         "results": results,
         "findings": {
             # speeds compared on the best runs: medians swing when other work shares the CPU

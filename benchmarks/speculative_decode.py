@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 
 import torch
 
 from mmlab.config import ModelConfig
+from mmlab.device import environment
 from mmlab.infer.generate import generate
 from mmlab.infer.speculative import speculative_generate
 from mmlab.model import MiniMindLM
@@ -117,11 +116,7 @@ def main() -> None:
                    "interleaved runs",
         "quick": args.quick,
         "params": params,
-        "torch": torch.__version__,
-        "device": "cpu",
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        "environment": environment(),
         "results": results,
         "findings": {
             "speculative output equals plain greedy output (every variant)": True,  # asserted above
