@@ -4,8 +4,9 @@ torch.compile, with and without dropout. Prints JSON.
 Shape: 4 layers x 256, 4 heads, 256 tokens of context, 32 rows (8,192 tokens per step), character
 vocabulary; one full training step (forward, backward, clipping, fused AdamW) on random tokens,
 median over the timed steps after warm-up (compilation happens in the warm-up). Dropout is on the
-sub-layer outputs only: dropout on the attention weights under compile + bf16 gives NaN gradients on
-CPU with torch 2.13 (the `nan_with_attention_dropout` entry checks it again each run).
+sub-layer outputs only. Dropout on the attention weights under compile + bf16 once gave NaN gradients
+on this CPU with torch 2.13; the `nan_with_attention_dropout` entry checks it again each run (the run
+committed in results/ no longer reproduces it).
 
     python benchmarks/recipe_throughput.py            # 6 configurations, ~4 minutes
     python benchmarks/recipe_throughput.py --quick    # 2 small configurations, for tests
@@ -15,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 
 import torch
 
 from mmlab.config import ModelConfig
+from mmlab.device import environment
 from mmlab.model import MiniMindLM
 
 CONFIGS = [
@@ -97,11 +97,7 @@ def main() -> None:
         "benchmark": "recipe_throughput",
         "setting": f"4 layers x {width}, 256 tokens x {rows} rows per step, char vocabulary; median of {steps} steps",
         "quick": args.quick,
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        "environment": environment(),
         "results": results,
         "nan_with_attention_dropout": None if args.quick else nan_with_attention_dropout(width),
     }, indent=2))

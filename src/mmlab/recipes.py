@@ -59,11 +59,12 @@ RECIPES: dict[str, Recipe] = {
             summary="TinyShakespeare, one token per character: 4 layers x 256, 256 characters of context",
             data="tinyshakespeare",
             tokenizer="char",
-            # attn_dropout=0: attention-weight dropout under torch.compile + bf16 autocast gives NaN
-            # gradients on CPU with torch 2.13; residual dropout is fine
+            # attn_dropout=0: attention-weight dropout under torch.compile + bf16 autocast once gave NaN
+            # gradients here; the latest benchmark run no longer reproduces it (recipe_throughput.json,
+            # nan_with_attention_dropout), but the committed recipe results were made without it
             model=dict(vocab_size=65, hidden_size=256, n_layers=4, n_heads=4, max_seq_len=256, rope_theta=1e4,
                        dropout=0.1, attn_dropout=0.0),
-            # bf16 autocast + torch.compile: 2.5x the tokens/s of plain fp32 on this project's CPU (AMX)
+            # bf16 autocast + torch.compile: the most tokens/s on this project's CPU (AMX): recipe_throughput.json
             # (benchmarks/recipe_throughput.py); residual dropout costs a share of that, but 1,800 steps are
             # about 15 epochs of TinyShakespeare, where a model without regularisation can memorise;
             # `mmlab recipe run --dtype fp32 --no-compile` on machines without bf16 units or a compiler
