@@ -84,20 +84,29 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
-def sample_next(
-    logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Pick the next token of each row. logits: (B, V) for the last position; seen: (B, T). -> (B,)"""
-    logits = apply_repetition_penalty(logits.float(), seen, params.repetition_penalty)
+def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The distribution the sampler draws from (temperature, then top-k, then top-p), as probabilities.
+    logits: (T, V) or (V,) -> (T, V). Temperature 0 gives the one-hot of the argmax. The repetition penalty
+    is not applied here: it depends on the tokens already seen (``sample_next`` applies it first)."""
+    logits = logits.float().reshape(-1, logits.size(-1))
     if params.temperature < GREEDY_BELOW:  # dividing by ~0 overflows: this limit *is* greedy
-        return logits.argmax(dim=-1)
+        return torch.zeros_like(logits).scatter_(1, logits.argmax(dim=-1, keepdim=True), 1.0)
     logits = logits / params.temperature
     if params.top_k is not None:
         logits = filter_top_k(logits, params.top_k)
     if params.top_p is not None and params.top_p < 1.0:
         logits = filter_top_p(logits, params.top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return torch.softmax(logits, dim=-1)
+
+
+def sample_next(
+    logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Pick the next token of each row. logits: (B, V) for the last position; seen: (B, T). -> (B,)"""
+    logits = apply_repetition_penalty(logits.float(), seen, params.repetition_penalty)
+    if params.temperature < GREEDY_BELOW:
+        return logits.argmax(dim=-1)
+    return torch.multinomial(sampling_probs(logits, params), 1, generator=generator).squeeze(-1)
 
 
 @torch.no_grad()

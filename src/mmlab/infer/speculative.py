@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from mmlab.errors import ConfigError
-from mmlab.infer.generate import GREEDY_BELOW, SamplingParams, _stop_set, filter_top_k, filter_top_p
+from mmlab.infer.generate import SamplingParams, _stop_set, sampling_probs
 from mmlab.model.kv_cache import KVCache
 from mmlab.model.lm import MiniMindLM
 
@@ -60,24 +60,6 @@ class SpeculativeResult:
         return {"tokens": self.tokens, "proposed": self.proposed, "accepted": self.accepted,
                 "acceptance_rate": self.acceptance_rate, "target_forwards": self.target_forwards,
                 "draft_forwards": self.draft_forwards, "rounds": self.rounds}
-
-
-def sampling_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """The distribution ``sample_next`` draws from, as probabilities. logits: (T, V) or (V,) -> (T, V).
-
-    Temperature 0 gives the one-hot of the argmax, which turns the acceptance rule into "keep the
-    draft token iff it is the target's greedy choice"."""
-    logits = logits.float().reshape(-1, logits.size(-1))
-    if params.temperature < GREEDY_BELOW:
-        probs = torch.zeros_like(logits).scatter_(1, logits.argmax(dim=-1, keepdim=True), 1.0)
-    else:
-        logits = logits / params.temperature
-        if params.top_k is not None:
-            logits = filter_top_k(logits, params.top_k)
-        if params.top_p is not None and params.top_p < 1.0:
-            logits = filter_top_p(logits, params.top_p)
-        probs = torch.softmax(logits, dim=-1)
-    return probs
 
 
 def _rewind(cache: KVCache, length: int) -> None:
