@@ -546,6 +546,15 @@ def _cmd_lab_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lab_lint_quizzes(args: argparse.Namespace) -> int:
+    from mmlab.docsite.quizlint import main as lint_main
+
+    for lesson in args.lessons:
+        if not (Path(lesson) / "quiz.md").is_file():
+            raise MMLabError(f"{lesson}: not a lesson folder (it has no quiz.md)")
+    return lint_main(args.lessons)
+
+
 def _cmd_docs_build(args: argparse.Namespace) -> int:
     from mmlab.docsite import build_site
 
@@ -922,6 +931,13 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Regenerate every result block in modules/**/*.md and README.md.")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is out of date")
     p.set_defaults(func=_cmd_lab_render)
+    p = lab_sub.add_parser("lint-quizzes", help="check that every quiz can only be passed by knowing the lesson",
+                           description="Lint modules/*/*/quiz.md: four options, a Why-not note per wrong option, "
+                                       "the right option rarely the longest and spread over A-D, questions on the "
+                                       "lesson's own results and code, no typed numbers the results do not hold. "
+                                       "Prints the figures and the problems as JSON; exit 1 on a problem.")
+    p.add_argument("lessons", nargs="*", help="lesson folders to lint alone (default: every lesson)")
+    p.set_defaults(func=_cmd_lab_lint_quizzes)
 
     docs = sub.add_parser("docs", help="the learning site: build it or serve it",
                           description="The learning site, generated from the Markdown beside the code (lessons, "

@@ -4,11 +4,17 @@ The Markdown stays the one source. One ``###`` heading per question::
 
     ### Q1. What does RMSNorm compute?
     - [ ] A. a wrong option
+      Why not: the misconception behind it, and what is wrong with it
     - [x] B. the right option
-    > **Explanation:** why B (a blockquote or a plain paragraph)
+    > **Explanation:** why the right option is right (a blockquote or a plain paragraph)
 
     ### O1. An open question?
-    > **Reference answer:** what a good answer says
+    > **Model answer:** what a strong candidate would say (``**Reference answer:**`` is read the same)
+
+An option's indented ``Why not:`` line (and the indented lines after it) is that option's note: the site
+shows it to a learner who chose the option. The site shuffles the options, so the letters written in the
+file are for reading it on GitHub; explanations and notes name options by what they say, never by letter
+(``mmlab.docsite.quizlint`` checks that, and the rest of what makes a question fair).
 
 A ``###`` section that almost follows this (an option written ``* [x]``, ``-[x]`` or indented; a label
 written ``**explanation**:`` or ``Reference answer:``; a choice without its explanation) is an error
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmlab.errors import MMLabError
@@ -30,11 +36,13 @@ from mmlab.errors import MMLabError
 HEADING = re.compile(r"^#{1,6} ")
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
 OPTION = re.compile(r"^- \[([ xX])\] (.*)$")
-LABEL = re.compile(r"^(?:> ?)?\*\*(Explanation|Reference answer):\*\*")
-REFERENCE = re.compile(r"^(?:> ?)?\*\*Reference answer:\*\*\s*")
+LABEL = re.compile(r"^(?:> ?)?\*\*(Explanation|Reference answer|Model answer):\*\*")
+REFERENCE = re.compile(r"^(?:> ?)?\*\*(?:Reference|Model) answer:\*\*\s*")
+WHY_NOT = re.compile(r"^\s+Why not:\s*")
+LETTER = re.compile(r"^([A-Z])\.\s+")  # the letter an option is written with in the file
 # what a writer may have meant as an option or a label: checked against the exact forms above
 LOOSE_OPTION = re.compile(r"^\s*(?:[-*+]\s*)?\[[ xX]\]")
-LOOSE_LABEL = re.compile(r"^\s*(?:>\s*)*[*_]*\s*(explanation|reference\s+answer)\s*[*_]*\s*:", re.I)
+LOOSE_LABEL = re.compile(r"^\s*(?:>\s*)*[*_]*\s*(explanation|reference\s+answer|model\s+answer)\s*[*_]*\s*:", re.I)
 
 
 @dataclass
@@ -44,9 +52,10 @@ class Choice:
     heading: str  # the "### ..." line
     line: int  # where the heading is in quiz.md (1-based), for errors
     body: str  # Markdown between the heading and the options
-    options: list[str]  # each option's Markdown, without "- [ ] "
+    options: list[str]  # each option's Markdown, without "- [ ] " (its letter, "A. ", included)
     answer: int  # index of the right option
     explanation: str  # Markdown after the options, blockquote markers removed
+    notes: list[str] = field(default_factory=list)  # per option: its "Why not:" note ("" where it has none)
     # the browser stores answers under it: a hash of the heading and the options as written (not where they
     # are in the file), so a stored answer is dropped exactly when the question changes; parse_quiz adds
     # "-2", "-3" to exact duplicates
@@ -58,7 +67,7 @@ class OpenQuestion:
     heading: str
     line: int
     body: str
-    answer: str  # the reference answer's Markdown, without its label
+    answer: str  # the model answer's Markdown, without its label
 
 
 @dataclass
@@ -112,18 +121,22 @@ def _question(start: int, lines: list[str], source: str) -> Choice | OpenQuestio
             raise error(i, f"has {line.strip()!r}: write an option as `- [ ] text` or `- [x] text`, unindented")
         if LOOSE_LABEL.match(line) and not LABEL.match(line):
             raise error(i, f"has {line.strip()!r}: write the label exactly `**Explanation:**` or "
-                           "`**Reference answer:**` (optionally after `> `)")
+                           "`**Model answer:**` (optionally after `> `)")
     labels = {i: LABEL.match(line)[1] for i, line in text if LABEL.match(line)}
     first = next((i for i, line in text if OPTION.match(line)), None)
     if first is not None:
-        options, marks, i = [], [], first
+        options, notes, marks, i = [], [], [], first
         while i < len(rest) and (m := OPTION.match(rest[i])):
-            words = [m[2]]
+            words, note = [m[2]], None
             i += 1
             while i < len(rest) and rest[i].startswith("  ") and rest[i].strip():  # an option's next lines
-                words.append(rest[i].strip())
+                if note is None and WHY_NOT.match(rest[i]):
+                    note = [WHY_NOT.sub("", rest[i])]
+                else:
+                    (words if note is None else note).append(rest[i].strip())
                 i += 1
             options.append(" ".join(words))
+            notes.append(" ".join(note or []))
             marks.append(m[1] != " ")
         if sum(marks) != 1:
             raise error(None, f"has {sum(marks)} options marked [x]; mark exactly one")
@@ -140,10 +153,10 @@ def _question(start: int, lines: list[str], source: str) -> Choice | OpenQuestio
             raise error(None, "needs an explanation right after its options, starting `**Explanation:**`")
         digest = hashlib.sha1("\n".join([title, *rest[first:i]]).encode()).hexdigest()[:10]
         return Choice(heading, start, "\n".join(rest[:first]).strip(), options, marks.index(True), explanation,
-                      f"q{digest}")
+                      qid=f"q{digest}", notes=notes)
     if (wrong := next((j for j, label in labels.items() if label == "Explanation"), None)) is not None:
         raise error(wrong, "has an `**Explanation:**` but no options (`- [ ] ...`, `- [x] ...`); an open "
-                           "question takes a `**Reference answer:**`")
+                           "question takes a `**Model answer:**`")
     if labels:
         ref = min(labels)
         answer = [REFERENCE.sub("", rest[ref]), *rest[ref + 1:]]
