@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 from importlib import metadata
 from typing import Any
 
@@ -55,6 +56,24 @@ def _version(dist: str) -> str | None:
         return None
 
 
+# the instruction sets that decide how fast low precision runs on a CPU (bf16 is fast with AMX or AVX512-BF16)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
+
+
+def cpu_model() -> tuple[str, list[str]]:
+    """The CPU's model name and which of ``CPU_FLAGS`` it has (Linux's /proc/cpuinfo; elsewhere the platform's
+    processor string and no flags)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown", []
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                platform.processor() or "unknown")
+    flags_line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    have = set(flags_line.split(":", 1)[-1].split())
+    return name, [f for f in CPU_FLAGS if f in have]
+
+
 def environment() -> dict[str, Any]:
     """Versions, device and threads: what ``mmlab info`` prints and what every result JSON records."""
     device = auto_device()
@@ -68,6 +87,8 @@ def environment() -> dict[str, Any]:
         "safetensors": _version("safetensors"),
         "device": str(device),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model()[0],
+        "cpu_flags": cpu_model()[1],
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16_cpu": bf16_supported(torch.device("cpu")),
