@@ -29,6 +29,8 @@ Pick one.
 
 ### Q1. Which is `right`?
 - [ ] A. this one
+  Why not: it is the other one,
+  as the lesson shows.
 - [x] B. that one, with $x^2$
   and a second line
 - [ ] C. neither
@@ -64,6 +66,7 @@ def test_quiz_parser_finds_choices_answers_explanations_and_open_questions():
     first, second = quiz.choices
     assert first.heading == "### Q1. Which is `right`?" and first.answer == 1 and first.line == 5
     assert first.options == ["A. this one", "B. that one, with $x^2$ and a second line", "C. neither"]
+    assert first.notes == ["it is the other one, as the lesson shows.", "", ""]  # an option's Why-not note
     assert first.explanation == "**Explanation:** B is right.\nBecause."
     assert second.answer == 0 and second.body.startswith("```text\n### not a heading")  # fences are kept whole
     assert second.explanation == "**Explanation:** a plain paragraph works too."
@@ -119,8 +122,12 @@ def test_rendered_quiz_keeps_the_markdown_inside_html_wrappers():
     page = render_quiz(quiz, "01-foundation/01-demo")
     assert page.index('<div class="mmlab-score" data-quiz="01-foundation/01-demo" data-total="2">') < page.index("Q1")
     assert f'<div class="mmlab-q" data-qid="{quiz.choices[0].qid}" data-answer="1" markdown="1">' in page
-    assert "- B. that one, with $x^2$ and a second line\n" in page  # options are a Markdown list
-    assert "<summary>Reveal the reference answer</summary>\n\nbecause\nit is." in page
+    # options are a Markdown list; their letters sit in a span that quiz.js rewrites after shuffling
+    assert '- <span class="mmlab-letter">B.</span> that one, with $x^2$ and a second line\n' in page
+    # a wrong option's note waits in the explanation, tied to the option's index in the file
+    assert ('<div class="mmlab-note" data-option="0" markdown="1">\n\n**Why not:** it is the other one, as the '
+            'lesson shows.') in page
+    assert "<summary>Reveal a model answer</summary>\n\nbecause\nit is." in page
     assert "- [x]" not in page and "- [ ]" not in page and "Pick one." in page
 
 
@@ -467,11 +474,12 @@ def test_a_quiz_gives_feedback_and_keeps_its_score_across_a_reload(served, tab):
     assert tab.js(score) == f"Score: 0 / {total} (0 answered)"
     first, second = tab.js("[...document.querySelectorAll('.mmlab-q')].slice(0, 2).map(q => [q.dataset.qid, "
                            "Number(q.dataset.answer)])")
-    wrong = 1 if first[1] != 0 else 2  # nth-child counts from 1
+    wrong = 0 if first[1] != 0 else 1  # an option's index in the file
+    option = "[data-qid='{}'] .mmlab-options li[data-option='{}']"
     explanation = f"getComputedStyle(document.querySelector('[data-qid=\"{first[0]}\"] .mmlab-explanation')).display"
     assert tab.js(explanation) == "none"  # hidden until answered
-    tab.click(f"[data-qid='{first[0]}'] .mmlab-options li:nth-child({wrong})")  # a wrong answer
-    tab.click(f"[data-qid='{second[0]}'] .mmlab-options li:nth-child({second[1] + 1})")  # a right one
+    tab.click(option.format(first[0], wrong))  # a wrong answer
+    tab.click(option.format(second[0], second[1]))  # a right one
     # right and wrong in words too, not by colour alone
     state = """[...document.querySelectorAll('.mmlab-q')].slice(0, 2).map(q => [q.dataset.state,
                  q.querySelector('.mmlab-verdict').textContent, q.querySelectorAll('.mmlab-right').length,
@@ -480,16 +488,41 @@ def test_a_quiz_gives_feedback_and_keeps_its_score_across_a_reload(served, tab):
     expected = [["wrong", "Not quite: the right option is marked ✓.", 1, 1,
                  ["✓ the right answer", "✗ your answer: wrong"]], ["right", "Right.", 1, 0, ["✓ your answer: right"]]]
     assert tab.js(state) == expected and tab.js(explanation) == "block"
+    # the note of the option chosen comes first, labelled with the letter the learner saw
+    chosen = tab.js(f"(() => {{ const q = document.querySelector('[data-qid=\"{first[0]}\"]');"
+                    " const n = q.querySelector('.mmlab-notes .mmlab-note');"
+                    f" const li = q.querySelector('li[data-option=\"{wrong}\"]');"
+                    " return [n.dataset.option, n.classList.contains('mmlab-chosen'),"
+                    " n.querySelector('.mmlab-note-label').textContent,"
+                    " li.querySelector('.mmlab-letter').textContent]; })()")
+    assert chosen[:2] == [str(wrong), True] and chosen[2] == f"Your answer, {chosen[3][0]}: "
     assert tab.js(score) == f"Score: 1 / {total} (2 answered)"
-    tab.click(f"[data-qid='{first[0]}'] .mmlab-options li:nth-child({first[1] + 1})")  # the first answer counts
+    tab.click(option.format(first[0], first[1]))  # the first answer counts
     assert tab.js(score) == f"Score: 1 / {total} (2 answered)"
-    tab.click(".mmlab-open details summary")  # an open question's reference answer
+    tab.click(".mmlab-open details summary")  # an open question's model answer
     assert tab.js("document.querySelector('.mmlab-open details').open")
     tab.js("window.scrollTo(0, document.querySelector('.mmlab-score').offsetTop - 80)")  # the score, then Q1, Q2
     shot = tab.screenshot(OUTPUT / "quiz.png")
     print(f"\nscreenshot: {shot}")
+    shown = ("[...document.querySelectorAll('.mmlab-q')].map(q => [...q.querySelectorAll('.mmlab-options li')]"
+             ".map(li => li.dataset.option + li.querySelector('.mmlab-letter').textContent).join(' '))")
+    order = tab.js(shown)
     tab.reload()
     assert tab.js(score) == f"Score: 1 / {total} (2 answered)" and tab.js(state) == expected
+    assert tab.js(shown) == order  # the learner's seed keeps the order
+    seed = int(tab.js("document.querySelector('.mmlab-score').dataset.seed"))
+    assert tab.js(f"JSON.parse(localStorage.getItem('mmlab-quiz:{LESSON.removeprefix('modules/')}')).seed") == seed
+    # the letters shown are A, B, C, D in the order shown, whatever the order in the file
+    assert all([x[-2:] for x in row.split()] == ["A.", "B.", "C.", "D."][:len(row.split())] for row in order)
     tab.click(".mmlab-reset")
     assert tab.js(score) == f"Score: 0 / {total} (0 answered)"
+    # another learner (another seed) sees other orders: over the lesson's questions, the file order is not kept
+    orders = set()
+    for other in (11, 12345, 987654321):
+        tab.js(f"localStorage.clear(); localStorage.setItem('mmlab-learner-seed', '{other}')")
+        tab.reload()
+        orders.add(tuple(tab.js(shown)))
+    assert len(orders) == 3
+    in_file = tuple(" ".join(f"{i}{chr(65 + i)}." for i in range(len(row.split()))) for row in order)
+    assert in_file not in orders
     assert tab.errors() == []

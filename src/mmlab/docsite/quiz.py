@@ -189,7 +189,11 @@ def _wrap(tag: str, attrs: str, *blocks: str) -> str:
 
 
 def render_quiz(quiz: Quiz, quiz_id: str) -> str:
-    """The interactive page, as Markdown inside HTML wrappers; the score box comes before the first question."""
+    """The interactive page, as Markdown inside HTML wrappers; the score box comes before the first question.
+
+    Each option is written without its letter (a ``mmlab-letter`` span holds it, so ``quiz.js`` can re-letter
+    the options after shuffling them) and with its index in the file (``data-option``); each wrong option's
+    ``Why not:`` note sits in the explanation, hidden until a learner picks that option."""
     n = len(quiz.choices)
     out, scored = [], False
     for part in quiz.parts:
@@ -201,12 +205,16 @@ def render_quiz(quiz: Quiz, quiz_id: str) -> str:
                        f'<span class="mmlab-score-text">{n} questions to answer</span></div>')
             scored = True
         if isinstance(part, Choice):
-            options = _wrap("div", 'class="mmlab-options"', "\n".join(f"- {o}" for o in part.options))
-            explanation = _wrap("div", 'class="mmlab-explanation"', part.explanation)
+            items = [f'- <span class="mmlab-letter">{chr(65 + i)}.</span> {LETTER.sub("", o)}'
+                     for i, o in enumerate(part.options)]
+            options = _wrap("div", 'class="mmlab-options"', "\n".join(items))
+            notes = [_wrap("div", f'class="mmlab-note" data-option="{i}"', f"**Why not:** {note}")
+                     for i, note in enumerate(part.notes) if note and i != part.answer]
+            explanation = _wrap("div", 'class="mmlab-explanation"', *notes, part.explanation)
             out.append(_wrap("div", f'class="mmlab-q" data-qid="{part.qid}" data-answer="{part.answer}"',
                              part.heading, part.body, options, explanation))
         else:
             reveal = _wrap("details", 'class="mmlab-reveal tip"',
-                           "<summary>Reveal the reference answer</summary>", part.answer)
+                           "<summary>Reveal a model answer</summary>", part.answer)
             out.append(_wrap("div", 'class="mmlab-open"', part.heading, part.body, reveal))
     return "\n\n".join(p for p in out if p) + "\n"

@@ -1,35 +1,84 @@
 // Interactive quizzes. The page is generated from a lesson's quiz.md (mmlab/docsite/quiz.py): each
-// .mmlab-q holds a list of options and the index of the right one (data-answer). Choosing an option
-// shows right or wrong (in words and marks, not by colour alone) and the explanation; the choices are kept in the browser's local storage under
-// "mmlab-quiz:<lesson>", so the score survives a reload. Static files only: no server, no library.
+// .mmlab-q holds a list of options and the index of the right one (data-answer), counted in file order.
+// The options are shuffled per learner: a seed drawn once per browser ("mmlab-learner-seed") and kept with
+// the lesson's answers orders every question the same way on every visit, and no position can be learnt
+// across questions. Choosing an option shows right or wrong (in words and marks, not by colour alone),
+// the "Why not" note of the option chosen, the notes of the others, and the explanation. The record
+// {seed, answers: {qid: option index in the file}} is kept in local storage under "mmlab-quiz:<lesson>",
+// so the score and the order survive a reload. Static files only: no server, no library.
 (function () {
   "use strict";
+
+  // a 32-bit seed drawn once per browser: every lesson's record copies it, so a learner's order is stable
+  function learnerSeed() {
+    const k = "mmlab-learner-seed";
+    try {
+      const kept = Number(localStorage.getItem(k));
+      if (Number.isInteger(kept) && kept > 0) return kept;
+    } catch (e) {
+      /* storage blocked: a seed for this visit only */
+    }
+    const drawn = 1 + Math.floor(Math.random() * 0xfffffffe);
+    try {
+      localStorage.setItem(k, String(drawn));
+    } catch (e) {
+      /* keep going */
+    }
+    return drawn;
+  }
+
+  // Fisher-Yates with mulberry32 seeded by (learner seed, question id): the same learner sees the same order
+  function shuffled(items, seed, qid) {
+    let h = seed >>> 0;
+    for (let i = 0; i < qid.length; i++) h = Math.imul(h ^ qid.charCodeAt(i), 2654435761) >>> 0;
+    const rand = () => {
+      h = (h + 0x6d2b79f5) >>> 0;
+      let t = h;
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+    const out = items.slice();
+    for (let i = out.length - 1; i > 0; i--) {
+      const j = Math.floor(rand() * (i + 1));
+      [out[i], out[j]] = [out[j], out[i]];
+    }
+    return out;
+  }
 
   function init() {
     const box = document.querySelector(".mmlab-score[data-quiz]");
     if (!box) return;
     const key = "mmlab-quiz:" + box.dataset.quiz;
     const questions = Array.from(document.querySelectorAll(".mmlab-q"));
-    let answers = {};
+    let record = {};
     try {
-      answers = JSON.parse(localStorage.getItem(key)) || {};
+      record = JSON.parse(localStorage.getItem(key)) || {};
     } catch (e) {
-      answers = {}; // storage blocked or corrupt: the quiz still works, without memory
+      record = {}; // storage blocked or corrupt: the quiz still works, without memory
     }
+    if (typeof record !== "object" || Array.isArray(record)) record = {};
+    // an older record was the answers alone: {qid: index}
+    let answers = record.answers && typeof record.answers === "object" ? record.answers : record;
+    if (record.answers === undefined && record.seed !== undefined) answers = {};
+    let seed = Number.isInteger(record.seed) ? record.seed : learnerSeed();
     const save = () => {
       try {
-        localStorage.setItem(key, JSON.stringify(answers));
+        localStorage.setItem(key, JSON.stringify({ seed: seed, answers: answers }));
       } catch (e) {
         /* storage blocked: keep going */
       }
     };
     const chosen = (q) => (Object.prototype.hasOwnProperty.call(answers, q.dataset.qid) ? answers[q.dataset.qid] : null);
+    // in the order shown; each li's data-option is its index in the file, the index answers are kept by
     const options = (q) => Array.from(q.querySelectorAll(".mmlab-options li"));
+    const index = (li) => Number(li.dataset.option);
 
     function show(q) {
       const pick = chosen(q);
       const right = Number(q.dataset.answer);
-      options(q).forEach((li, i) => {
+      options(q).forEach((li) => {
+        const i = index(li);
         const isRight = pick !== null && i === right;
         const isWrong = pick !== null && i === pick && i !== right;
         li.classList.toggle("mmlab-right", isRight);
@@ -39,6 +88,21 @@
           ? (i === pick ? "✓ your answer: right" : "✓ the right answer")
           : isWrong ? "✗ your answer: wrong" : "";
       });
+      // the chosen option's note first, marked as the learner's; the others after it, in the order shown
+      const notes = q.querySelector(".mmlab-notes");
+      if (notes) {
+        const byOption = {};
+        notes.querySelectorAll(".mmlab-note").forEach((n) => (byOption[n.dataset.option] = n));
+        const order = options(q).map(index).filter((i) => byOption[i]);
+        if (pick !== null && byOption[pick]) order.splice(order.indexOf(pick), 1), order.unshift(pick);
+        order.forEach((i) => {
+          const n = byOption[i];
+          n.classList.toggle("mmlab-chosen", i === pick);
+          n.querySelector(".mmlab-note-label").textContent =
+            (i === pick ? "Your answer, " : "") + letterOf(q, i) + ": ";
+          notes.append(n);
+        });
+      }
       q.dataset.state = pick === null ? "open" : pick === right ? "right" : "wrong";
       q.querySelector(".mmlab-verdict").textContent =
         pick === null ? "" : pick === right ? "Right." : "Not quite: the right option is marked ✓.";
@@ -54,12 +118,35 @@
         (answered.length < questions.length ? ` (${answered.length} answered)` : " (all answered)");
     }
 
+    const letterOf = (q, i) => String.fromCharCode(65 + options(q).findIndex((li) => index(li) === i));
+
     questions.forEach((q) => {
+      const list = q.querySelector(".mmlab-options ul") || q.querySelector(".mmlab-options ol");
+      options(q).forEach((li, i) => (li.dataset.option = String(i)));
+      shuffled(options(q), seed, q.dataset.qid).forEach((li, shown) => {
+        list.append(li); // moved into the shown order
+        const letter = li.querySelector(".mmlab-letter");
+        if (letter) letter.textContent = String.fromCharCode(65 + shown) + ".";
+      });
+      const explanation = q.querySelector(".mmlab-explanation");
+      const noteEls = Array.from(explanation.querySelectorAll(".mmlab-note"));
+      if (noteEls.length) {
+        const notes = document.createElement("div");
+        notes.className = "mmlab-notes";
+        noteEls.forEach((n) => {
+          const label = document.createElement("strong");
+          label.className = "mmlab-note-label";
+          (n.querySelector("p") || n).prepend(label);
+          notes.append(n);
+        });
+        explanation.prepend(notes);
+      }
       const verdict = document.createElement("p");
       verdict.className = "mmlab-verdict";
       verdict.setAttribute("aria-live", "polite");
-      q.querySelector(".mmlab-explanation").prepend(verdict);
-      options(q).forEach((li, i) => {
+      explanation.prepend(verdict);
+      options(q).forEach((li) => {
+        const i = index(li);
         li.tabIndex = 0;
         li.setAttribute("role", "button");
         const mark = document.createElement("span");
@@ -94,6 +181,7 @@
       score();
     });
     box.append(reset);
+    box.dataset.seed = String(seed);
     document.body.classList.add("mmlab-quiz-js");
     score();
   }
