@@ -47,8 +47,12 @@ def test_full_results_are_committed(script):
     result = json.loads(script.results_json.read_text())
     assert result["mode"] == "full", f"{script.results_json} was not written by a full run"
     assert result["experiment"] == script.path.stem
+    assert result["figures"], f"{script.results_json} has no plot: every experiment saves one (exp.savefig)"
+    lesson = script.lesson_dir
+    shown = "".join((lesson / doc).read_text() for doc in ("teaching.md", "README.md") if (lesson / doc).is_file())
     for name in result["figures"]:
         assert (script.results_json.parent / name).is_file()
+        assert f"results/{name}" in shown, f"{name} is in no page of {lesson.name}: show it in teaching.md"
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.id)

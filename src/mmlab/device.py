@@ -74,6 +74,16 @@ def cpu_model() -> tuple[str, list[str]]:
     return name, [f for f in CPU_FLAGS if f in have]
 
 
+def cpu_label() -> str:
+    """The CPU in words for a table's caption, e.g. "AMD EPYC (AVX2; no AVX512-BF16 or AMX), 2 threads": what
+    decides whether bf16 is fast on it."""
+    name, flags = cpu_model()
+    fast = [f.upper().replace("_", "-") for f in flags if f in ("avx512_bf16", "amx_bf16")]
+    widest = next((f.upper() for f in ("avx512f", "avx2") if f in flags), "no AVX2")
+    bf16 = ", ".join(fast) if fast else "no AVX512-BF16 or AMX"
+    return f"{name} ({widest}; {bf16}), {torch.get_num_threads()} threads"
+
+
 def environment() -> dict[str, Any]:
     """Versions, device and threads: what ``mmlab info`` prints and what every result JSON records."""
     device = auto_device()
