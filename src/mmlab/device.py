@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import torch

@@ -8,6 +8,7 @@ RMSNorm and the loss compute in fp32.
 
 import torch
 
+from mmlab.device import cpu_label
 from mmlab.lab import Experiment
 from mmlab.lab.lm import shakespeare_config, train_lm
 from mmlab.lab.plots import figure
@@ -39,7 +40,7 @@ def main(exp: Experiment) -> None:
     exp.metric("fp16", f"fp16 autocast on {exp.device.type} {'runs' if fp16_ok else 'is not supported: not trained'}")
     rows = [[fmt, r["final_val_loss"], r["tokens_per_s"]] for fmt, r in results.items()]
     exp.table("precision", ["format", "final val loss", "tokens / s"], rows,
-              caption=f"{steps} steps at lr {lr:g}, same seed and data order.")
+              caption=f"{steps} steps at lr {lr:g}, same seed and data order; measured on {cpu_label()}.")
     diff = results["bf16"]["final_val_loss"] - results["fp32"]["final_val_loss"]
     exp.finding("bf16 autocast ends within 0.03 of fp32's val loss", abs(diff) < 0.03, bf16_minus_fp32=diff)
     exp.finding("bf16 autocast trains faster than fp32 at this model size on this CPU",

@@ -1,6 +1,10 @@
 """How big should the vocabulary be? BPE at 259 (bytes only), 1k, 6400 and 16k tokens: compression
 against the bits per byte a small model reaches.
 
+A run is labelled by the vocabulary its tokenizer really has, not the one asked for: on 2 MiB the BPE
+trainer runs out of pairs that occur often enough to merge before it reaches 16,384 tokens, and the
+table says what it reached.
+
 TinyStories (2 MiB): a byte-level BPE of each size is trained on the first 90% of the stories, the same
 small model (4 layers x 128; only its embedding and output layer grow with the vocabulary) trains for
 the same number of steps on batches of the same number of *tokens*, and is measured on every token of
@@ -28,25 +32,32 @@ def main(exp: Experiment) -> None:
                    model="4 layers x 128, 4 heads, tied embeddings", train_stories=len(train_docs),
                    val_stories=len(val_docs))
     runs = {}
-    for size in sizes:
-        tok = train_bpe(train_docs, vocab_size=size)
+    for requested in sizes:
+        tok = train_bpe(train_docs, vocab_size=requested)
+        size = tok.vocab_size  # the label: what the trainer reached, which can be less than what was asked
+        if size in runs:  # two requests that reached the same vocabulary are one run
+            exp.log(f"vocab {requested}: the trainer reached {size} again; not trained twice")
+            continue
         r, m = train_on_text(tok, train_docs, val_docs, steps, 2e-3, seed=exp.seed, block_size=block,
                              batch_size=batch, eval_batches=exp.pick(20, 4, 2))
         model = r.pop("model")
-        runs[size] = {"vocab_size": tok.vocab_size, "bytes_per_token": m.bytes_per_token, "val_loss": m.loss,
+        runs[size] = {"vocab_size": tok.vocab_size, "requested_vocab_size": requested,
+                      "bytes_per_token": m.bytes_per_token, "val_loss": m.loss,
                       "bits_per_byte": m.bits_per_byte, "tokens_per_s": r["tokens_per_s"],
                       "train_s": r["elapsed_s"], "params": sum(p.numel() for p in model.parameters()),
                       "embedding_params": model.tok_emb.weight.numel(), "train_tokens": r["train_tokens"],
                       "bytes_seen": steps * batch * block * m.bytes_per_token}
-        exp.log(f"vocab {size}: {m.bytes_per_token:.2f} bytes/token, val {m.loss:.3f} nats/token = "
-                f"{m.bits_per_byte:.3f} bits/byte, {r['tokens_per_s']:.0f} tokens/s")
+        exp.log(f"vocab {size} (asked for {requested}): {m.bytes_per_token:.2f} bytes/token, "
+                f"val {m.loss:.3f} nats/token = {m.bits_per_byte:.3f} bits/byte, {r['tokens_per_s']:.0f} tokens/s")
     exp.metric("runs", runs)
-    exp.table("sweep", ["vocab", "bytes / token", "params (embedding)", "text seen (MB)", "tokens / s",
+    exp.table("sweep", ["vocab (asked for)", "bytes / token", "params (embedding)", "text seen (MB)", "tokens / s",
                         "val nats / token", "val bits / byte"],
-              [[s, r["bytes_per_token"], f"{r['params']:,} ({r['embedding_params']:,})", r["bytes_seen"] / 1e6,
-                r["tokens_per_s"], r["val_loss"], r["bits_per_byte"]] for s, r in runs.items()],
+              [[f"{s:,} ({r['requested_vocab_size']:,})", r["bytes_per_token"],
+                f"{r['params']:,} ({r['embedding_params']:,})", r["bytes_seen"] / 1e6, r["tokens_per_s"],
+                r["val_loss"], r["bits_per_byte"]] for s, r in runs.items()],
               caption=f"{steps} steps of {batch} x {block} tokens, lr 2e-3 cosine, one seed; measured on every "
                       "token of the held-out stories.")
+    sizes = list(runs)  # the vocabularies reached, in the order asked
     bpb = {s: r["bits_per_byte"] for s, r in runs.items()}
     best = min(bpb, key=bpb.get)
     exp.metric("best_vocab", best)

@@ -12,6 +12,7 @@ bf16 does not). fp16 autocast has no fast kernels on most CPUs: it is timed on a
 import torch
 from _common import config, run
 
+from mmlab.device import cpu_label
 from mmlab.lab import Experiment
 from mmlab.lab.lm import batches
 from mmlab.lab.plots import figure
@@ -83,7 +84,7 @@ def main(exp: Experiment) -> None:
     exp.metric("gradient_underflow_share", underflow)
     exp.table("runs", ["precision", "final val loss", "difference from fp32", "tokens / s", "speed vs fp32"],
               [[name, v, v - val["fp32"], speed[name], speed[name] / speed["fp32"]] for name, v in val.items()],
-              caption=f"{steps} steps, one seed, CPU with {torch.get_num_threads()} threads; tokens/s is the "
+              caption=f"{steps} steps, one seed, {cpu_label()}; tokens/s is the "
                       "median over the run's logging windows.")
     exp.table("lost", ["parameters", "share of the update lost in bf16 weights"], [[k, v] for k, v in lost.items()],
               caption=f"one AdamW step at lr {LR / 10:g} (the end of the schedule); an update is lost when "
