@@ -189,3 +189,15 @@ def test_sample_text_cannot_break_the_markdown_or_the_block(tmp_path):
     (tmp_path / "results" / "recipe_demo.json").write_text(json.dumps(result))
     with pytest.raises(MMLabError, match="sample 0: 'text' is a int"):
         render_text(text, md, None)
+
+
+def test_runs_keyed_by_vocabulary_are_labelled_by_the_vocabulary_they_got():
+    """A run labelled "16384" whose tokenizer has 7,710 tokens told the docs a story the run did not."""
+    checked = 0
+    for path in sorted(ROOT.glob("modules/*/*/results/*.json")):
+        runs = json.loads(path.read_text()).get("metrics", {}).get("runs", {})
+        for label, run in runs.items() if isinstance(runs, dict) else []:
+            if isinstance(run, dict) and "vocab_size" in run and label.isdigit():
+                assert int(label) == run["vocab_size"], f"{path}: run {label!r} has vocab_size {run['vocab_size']}"
+                checked += 1
+    assert checked >= 3

@@ -222,3 +222,9 @@ def test_chat_with_char_tokenizer_needs_the_special_tokens():
 def test_malformed_conversations_name_the_message(bpe, messages, message):
     with pytest.raises(TokenizerError, match=message):
         encode_chat(bpe, messages)
+
+
+def test_bpe_says_when_it_reaches_fewer_tokens_than_asked():
+    with pytest.warns(UserWarning, match=r"reached \d+ of the 5,000 tokens asked for"):
+        tok = train_bpe(["the cat sat on the mat"], vocab_size=5000)
+    assert tok.vocab_size < 5000

@@ -8,6 +8,8 @@ sequences their own ids. The result is saved as the standard ``tokenizer.json`` 
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -113,4 +115,8 @@ def train_bpe(
             raise TokenizerError("cannot train a BPE tokenizer on an empty corpus")
 
     tok.train_from_iterator(nonempty(texts), trainer=trainer)
+    if tok.get_vocab_size() < vocab_size:  # said, never hidden: a run labelled "16k" that has 7.7k misleads
+        warnings.warn(f"the BPE trainer reached {tok.get_vocab_size():,} of the {vocab_size:,} tokens asked for: no "
+                      f"other pair occurs at least min_frequency={min_frequency} times in this corpus (a larger "
+                      "corpus, or a lower min_frequency, gives more merges)", stacklevel=2)
     return BPETokenizer(tok)
