@@ -9,7 +9,6 @@ sequences their own ids. The result is saved as the standard ``tokenizer.json`` 
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
