@@ -37,7 +37,7 @@ def test_experiment_runs_in_smoke_mode(script, tmp_path, mirror_file):
     result = json.loads((tmp_path / f"{script.path.stem}.json").read_text())
     assert result["mode"] == "smoke" and result["question"] and result["findings"]
     assert all(isinstance(f["holds"], bool) for f in result["findings"])
-    assert {"torch", "torch_threads"} <= set(result["environment"])
+    assert {"torch", "torch_threads", "cpu_model", "cpu_flags"} <= set(result["environment"])  # speed needs its CPU
     for name in result["figures"]:
         assert (tmp_path / name).stat().st_size > 5_000
 
