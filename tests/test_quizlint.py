@@ -17,6 +17,7 @@ def test_every_quiz_passes_the_linter():
     figures = report.figures()
     assert figures["questions"] >= 140 and figures["key_longest_rate"] <= 0.30
     assert all(0.15 <= r <= 0.35 for r in figures["key_position_rates"].values())
+    assert all(r <= 0.45 for r in figures["form_strategy_rates"].values()), figures["form_strategy_rates"]
 
 
 def question(n: int, key: int, options: list[str], notes: bool = True, explanation: str = "Because it is.") -> str:
@@ -98,5 +99,6 @@ def test_the_command_prints_figures_and_fails_on_a_problem(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["figures"]["questions"] == 4 and out["figures"]["key_positions"] == {"A": 1, "B": 1, "C": 1, "D": 1}
     assert any("Why not" in p for p in out["problems"])
+    assert out["figures"]["form_strategy_rates"]["longest"] == 0.25  # the key is the longest in one of four
     assert cli(["lab", "lint-quizzes", str(tmp_path / "nowhere")]) == 1
     assert "nowhere: not a lesson folder (it has no quiz.md)" in capsys.readouterr().err

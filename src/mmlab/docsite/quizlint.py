@@ -23,7 +23,11 @@ per lesson
 
 over the whole tutorial
   - the right option is the strictly longest in at most 30% of the questions;
-  - each position A-D holds the right option in 15-35% of the questions.
+  - each position A-D holds the right option in 15-35% of the questions;
+  - no form-only strategy (``FORM_STRATEGIES``: the longest, the shortest, the median length, the
+    option sharing most words with the question or with the other options, ...) picks the right
+    option in more than 45% of the questions (chance is 25%; checked from 40 questions up). The figures
+    report each strategy's score.
 
 ``mmlab lab lint-quizzes [LESSON ...]`` (or ``python -m mmlab.docsite.quizlint``) prints the figures and the problems
 as JSON and exits 1 when there is a problem; ``tests/test_lab.py`` runs it.
@@ -65,6 +69,35 @@ EXPERIMENT_REF = re.compile(r"\bexp(\d+)(?:_\w+)?\b")
 SYMBOL_REF = re.compile(r"`(?:mmlab\.)?([A-Za-z_][\w.]*)(?:\([^`]*\))?`")
 
 
+FORM_STRATEGY_MAX = 0.45
+FORM_STRATEGY_MIN_QUESTIONS = 40  # below that, a strategy's score is mostly luck
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]{4,}", text.lower()))
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)
+
+
+# what a test-wise learner who has not read the lesson might try: each picks an option index from the form alone
+FORM_STRATEGIES = {
+    "longest": lambda q, texts: _argmax([len(t) for t in texts]),
+    "shortest": lambda q, texts: _argmax([-len(t) for t in texts]),
+    "median length": lambda q, texts: sorted(range(len(texts)), key=lambda i: len(texts[i]))[len(texts) // 2],
+    "longest of B and C": lambda q, texts: 1 if len(texts) < 3 or len(texts[1]) >= len(texts[2]) else 2,
+    "most words shared with the question": lambda q, texts: _argmax(
+        [len(_words(t) & _words(q.heading + " " + q.body)) for t in texts]),
+    "most words shared with the other options": lambda q, texts: _argmax(
+        [sum(len(_words(t) & _words(u)) for j, u in enumerate(texts) if j != i) for i, t in enumerate(texts)]),
+    "most hedged": lambda q, texts: _argmax(
+        [len(re.findall(r"\b(may|can|often|about|usually|depends|roughly|some)\b", t.lower())) for t in texts]),
+    "fewest absolutes": lambda q, texts: _argmax(
+        [-len(re.findall(r"\b(always|never|only|every|all|none|must)\b", t.lower())) for t in texts]),
+}
+
+
 @dataclass
 class LessonReport:
     lesson: str
@@ -73,6 +106,7 @@ class LessonReport:
     positions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LETTERS, 0))
     evidence: int = 0
     open_questions: int = 0
+    strategies: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FORM_STRATEGIES, 0))
 
 
 @dataclass
@@ -93,6 +127,8 @@ class Report:
             "key_longest_rate": round(sum(lesson.key_longest for lesson in self.lessons) / n, 3),
             "key_positions": positions,
             "key_position_rates": {k: round(v / n, 3) for k, v in positions.items()},
+            "form_strategy_rates": {k: round(sum(lesson.strategies[k] for lesson in self.lessons) / n, 3)
+                                    for k in FORM_STRATEGIES},
             "lessons": {lesson.lesson: {"questions": lesson.questions, "key_longest": lesson.key_longest,
                                         "key_positions": lesson.positions, "evidence_questions": lesson.evidence,
                                         "open_questions": lesson.open_questions} for lesson in self.lessons},
@@ -195,6 +231,8 @@ def lint_lesson(lesson: Path, src: Path, symbols: set[str] | None = None) -> tup
         key = len(texts[q.answer])
         if all(key > len(t) for i, t in enumerate(texts) if i != q.answer):
             report.key_longest += 1
+        for name, strategy in FORM_STRATEGIES.items():
+            report.strategies[name] += strategy(q, texts) == q.answer
         for i, t in enumerate(texts):
             if CATCH_ALL.search(t):
                 problems.append(f"{where} option {LETTERS[i] if i < 4 else i} is a catch-all ({t!r}): "
@@ -267,6 +305,10 @@ def lint(modules: Path, src: Path | None = None, only: list[Path] | None = None)
         if not low * n <= count <= high * n:
             problems.append(f"{modules}: the right option is {letter} in {count} of {n} questions "
                             f"({count / n:.0%}; keep each letter within {low:.0%}-{high:.0%})")
+    for name, rate in figures["form_strategy_rates"].items():
+        if rate > FORM_STRATEGY_MAX and n >= FORM_STRATEGY_MIN_QUESTIONS:
+            problems.append(f"{modules}: picking '{name}' option gets {rate:.0%} of the questions right without "
+                            f"reading them (chance is 25%; at most {FORM_STRATEGY_MAX:.0%})")
     return report
 
 
