@@ -106,8 +106,10 @@ def main(exp: Experiment) -> None:
     ax.legend(fontsize=8)
     ax = axes[0][1]
     names = list(special)
-    ax.bar([n.strip("<|>") for n in names], [logp["base"][n] for n in names], color="C3", label="base")
-    ax.bar([n.strip("<|>") for n in names], [logp["init"][n] for n in names], color="C7", alpha=0.5, label="at init")
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [logp["init"][n] for n in names], width=0.4, color="C7", label="at init")
+    ax.bar([x + 0.2 for x in xs], [logp["base"][n] for n in names], width=0.4, color="C3", label="after pretraining")
+    ax.set_xticks(list(xs), [n.strip("<|>") for n in names])
     ax.axhline(uniform, color="k", linestyle="--", label="uniform guess")
     ax.set(ylabel="mean log p as the next token (nats)", title="what the base predicts on held-out text")
     ax.legend(fontsize=8)
