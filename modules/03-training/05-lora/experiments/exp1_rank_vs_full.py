@@ -8,7 +8,8 @@ the same at every rank), no dropout, lr 3e-3; full fine-tuning: lr 1e-3. Held-ou
 the whole held-out split and greedy exact match.
 
 One more run tests why LoRA falls short here: the chat template's tokens never occurred in pretraining,
-so their embeddings are untrained, and an adapter on the linear layers cannot change them. It trains
+so pretraining only ever pushed their (tied) logits down (`exp3_new_token_embeddings` measures where that
+left them), and an adapter on the linear layers cannot change their embeddings. It trains
 the (tied) embedding in full beside a rank-16 adapter (``train_modules``, peft's ``modules_to_save``).
 """
 
@@ -36,8 +37,8 @@ def main(exp: Experiment) -> None:
         for r in ranks:
             lora = LoRAConfig(rank=r, alpha=2 * r, target_modules=["all-linear"])
             runs[f"rank {r}"] = run(exp, Path(tmp) / f"r{r}", steps, lora, n_gen)
-        # the chat template's tokens never occurred in pretraining: their embeddings are untrained, and LoRA
-        # on the linear layers cannot change them; train the (tied) embedding in full beside the adapter
+        # the chat template's tokens never occurred in pretraining, so their embeddings were never fitted to
+        # appear as input, and LoRA on the linear layers cannot change them; train the (tied) embedding too
         lora = LoRAConfig(rank=emb_rank, alpha=2 * emb_rank, target_modules=["all-linear"], train_modules=["tok_emb"])
         runs[f"rank {emb_rank} + embeddings"] = run(exp, Path(tmp) / "emb", steps, lora, n_gen)
     for name, r in runs.items():
