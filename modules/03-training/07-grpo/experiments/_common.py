@@ -14,7 +14,7 @@ from mmlab.tokenizer.chat import IM_END, encode_chat
 from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model
 from mmlab.train.grpo import grpo, task_prompts
 
-LR = 3e-5  # exp3_learning_rate: at 3e-4 (the speedrun's rate) this model's held-out accuracy falls
+LR = 3e-5  # exp3_learning_rate: at 3e-4 (the speedrun's rate before this lesson) this model's held-out accuracy falls
 COMPLETIONS = 32  # sampled completions per optimizer step (prompts x group size)
 MAX_NEW = 12
 
