@@ -237,3 +237,13 @@ def test_open_answer_chance_is_the_shuffled_answers_score(data_env):
     assert hits > 0 and constant["metrics"]["exact_match"]["accuracy"] == pytest.approx(hits / len(items))
     assert constant["chance"] == pytest.approx(shuffled_chance_by_hand(items, [common] * len(items)))
     assert constant["metrics"]["exact_match"]["verdict"] != "above chance"
+
+
+def test_shortest_counts_ties_alike_for_the_answer_and_the_pick():
+    from mmlab.eval.choice import ChoiceItem
+
+    # the answer ties for shortest with the first choice; the scorer picks the first
+    items = [ChoiceItem("Q:", (" ab", " cd", " efgh"), (1,), "x:1"), ChoiceItem("Q:", (" a", " bcd"), (1,), "x:2")]
+    result = evaluate_choices(items, lambda ctx, conts: [-float(i) for i in range(len(conts))])
+    assert result["bias"]["gold_is_shortest"] == 0.5  # item 1: a shortest choice; item 2: not
+    assert result["bias"]["acc_picks_shortest"] == 1.0  # the pick is a shortest choice in both

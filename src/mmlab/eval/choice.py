@@ -89,7 +89,9 @@ def evaluate_choices(items: Sequence[ChoiceItem], score: Scorer, n_failures: int
         per_byte = [s / len(c.encode("utf-8")) for s, c in zip(sums, item.choices, strict=True)]
         lengths = [len(c.encode("utf-8")) for c in item.choices]
         rec = {"item": item, "sums": sums, "per_byte": per_byte, "chance": len(item.gold) / len(item.choices),
-               "n_choices": len(item.choices), "gold_is_shortest": lengths.index(min(lengths)) in item.gold}
+               "n_choices": len(item.choices),
+               # a tie counts, as it does for the picks below: "the shortest" means "has the fewest bytes"
+               "gold_is_shortest": any(lengths[g] == min(lengths) for g in item.gold)}
         for name, scores in (("acc", sums), ("acc_norm", per_byte)):
             top = max(scores)
             tied = [i for i, s in enumerate(scores) if s == top]

@@ -265,6 +265,29 @@ def preference_metrics(model: torch.nn.Module, objective: DPOLoss, batches: Sequ
 EVAL_FILE = "dpo_eval.json"
 
 
+def heldout_pairs(data: str, val_fraction: float, seed: int, max_val_pairs: int | None = None):
+    """``dpo``'s split of ``data``: (training pairs, held-out pairs, how many held-out pairs were dropped because
+    their prompt is also a training prompt, the records skipped for identical answers).
+    Shared so that a control (e.g. plain SFT) can be measured on the same prompts."""
+    from mmlab.train.sft import drop_repeated_prompts, split_heldout
+
+    pairs = load_preferences(data, seed=seed)
+    train_pairs, val_pairs = split_heldout(pairs, val_fraction, seed=seed)
+    val_pairs, repeats = drop_repeated_prompts(train_pairs, val_pairs, lambda p: p.prompt)
+    if not val_pairs:
+        raise DataError(f"{data}: every held-out pair repeats a prompt of the training split; use more varied "
+                        "pairs or a larger --val-fraction")
+    return train_pairs, val_pairs[:max_val_pairs], repeats, pairs.skipped  # the held-out measurement's cost is bounded
+
+
+def pair_task_accuracy(model: Any, tok: Any, pairs: Sequence[Any], block: int, n_generate: int | None) -> dict:
+    """Greedy exact match of ``model``'s answers to the pairs' prompts against their chosen (correct) answers."""
+    from mmlab.train.sft import evaluate_sft
+
+    convs = [[*p.prompt, {"role": "assistant", "content": p.chosen}] for p in pairs]
+    return evaluate_sft(model, tok, convs, block, max_new_tokens=16, n_generate=n_generate)
+
+
 def dpo(base: str | Path | None, data: str | None, train_cfg: Any, *, beta: float = 0.1, val_fraction: float = 0.1,
         resume: bool = False, overwrite: bool = False, n_generate: int | None = 200, max_val_pairs: int | None = 500,
         **trainer_kwargs: Any) -> dict[str, Any]:
@@ -276,7 +299,7 @@ def dpo(base: str | Path | None, data: str | None, train_cfg: Any, *, beta: floa
     from mmlab.errors import MMLabError
     from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model, resolve_checkpoint
     from mmlab.train.pretrain import clear_run
-    from mmlab.train.sft import check_chat_tokenizer, drop_repeated_prompts, evaluate_sft, split_heldout
+    from mmlab.train.sft import check_chat_tokenizer
     from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device, write_report
     from mmlab.train.trainer import Trainer
 
@@ -298,13 +321,7 @@ def dpo(base: str | Path | None, data: str | None, train_cfg: Any, *, beta: floa
     block = train_cfg.block_size or model.cfg.max_seq_len
     if block > model.cfg.max_seq_len:
         raise MMLabError(f"block_size={block} is longer than the base model's max_seq_len={model.cfg.max_seq_len}")
-    pairs = load_preferences(data, seed=train_cfg.seed)
-    train_pairs, val_pairs = split_heldout(pairs, val_fraction, seed=train_cfg.seed)
-    val_pairs, repeats = drop_repeated_prompts(train_pairs, val_pairs, lambda p: p.prompt)
-    if not val_pairs:
-        raise DataError(f"{data}: every held-out pair repeats a prompt of the training split; use more varied "
-                        "pairs or a larger --val-fraction")
-    val_pairs = val_pairs[:max_val_pairs]  # the held-out measurement's cost is bounded
+    train_pairs, val_pairs, repeats, skipped = heldout_pairs(data, val_fraction, train_cfg.seed, max_val_pairs)
     train_enc, train_skipped = encode_pairs(tok, train_pairs, block + 1, f"{data} pair")
     val_enc, val_skipped = encode_pairs(tok, val_pairs, block + 1, f"{data} held-out pair")
     source = PreferenceBatches(train_enc, val_enc, eval_batch_size=max(16, train_cfg.batch_size))
@@ -313,8 +330,7 @@ def dpo(base: str | Path | None, data: str | None, train_cfg: Any, *, beta: floa
     def measure() -> dict[str, Any]:
         m = preference_metrics(model, objective, source.eval_batches("val"))
         if data == SYNTHETIC_PAIRS:  # the preference is "correct answer": does task accuracy follow?
-            convs = [[*p.prompt, {"role": "assistant", "content": p.chosen}] for p in val_pairs]
-            task = evaluate_sft(model, tok, convs, block, max_new_tokens=16, n_generate=n_generate)
+            task = pair_task_accuracy(model, tok, val_pairs, block, n_generate)
             m |= {"exact_match": task["exact_match"], "samples": task["samples"]}
         return m
 
@@ -334,7 +350,7 @@ def dpo(base: str | Path | None, data: str | None, train_cfg: Any, *, beta: floa
                           "val": [val_pairs[i].where or i for i in val_skipped[:20]],
                           "train_count": len(train_skipped), "val_count": len(val_skipped)},
               "pairs": {"train": len(train_enc), "val": len(val_enc)}, "repeated_prompts_dropped": repeats,
-              "identical_answers_skipped": {"count": len(pairs.skipped), "first": pairs.skipped[:5]},
+              "identical_answers_skipped": {"count": len(skipped), "first": skipped[:5]},
               "steps": result.steps,
               "train_s": result.elapsed_s, "wall_s": time.perf_counter() - t0}
     write_report(out, EVAL_FILE, record)

@@ -143,7 +143,7 @@ def main(exp: Experiment) -> None:
     z_sum = {k: s["sum"]["z_vs_chance"] for k, s in acc.items()}
     lowest = min(z_sum, key=z_sum.get)
     exp.finding("Summed scoring puts some model below chance (95%) on some task: ignorance alone scores chance, "
-                "so this is a bias of the rule (short answers are rarely right)",
+                "so the rule's preference runs against the answers",
                 any(s["sum"]["verdict"] == "below chance" for s in acc.values()),
                 lowest_z=z_sum[lowest], accuracy=acc[lowest]["sum"]["accuracy"], chance=acc[lowest]["sum"]["chance"],
                 where=f"{SHORT[lowest[0]]} / {lowest[1]}")
