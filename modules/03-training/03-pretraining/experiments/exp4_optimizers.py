@@ -61,7 +61,8 @@ def main(exp: Experiment) -> None:
     exp.table("best", ["optimizer", "best lr", "final val loss", "tokens / s", "state (bytes per parameter)"],
               [[name, f"{best[name]:g}", best_val[name], runs[name][best[name]]["tokens_per_s"],
                 memory[name] / params] for name in grid],
-              caption=f"{steps} steps; the best of {sum(len(v) for v in grid.values())} runs per optimizer's row; "
+              caption=f"{steps} steps; each row is the best of that optimizer's runs "
+                      f"({sum(len(v) for v in grid.values())} runs in all, see the sweep table); "
                       f"{params:,} parameters (fp32, 4 bytes each).")
     exp.table("sweep", ["optimizer", "lr", "final val loss"],
               [[name, f"{lr:g}", r["final_val_loss"]] for name, rs in runs.items() for lr, r in rs.items()])
