@@ -178,7 +178,7 @@ def _cmd_train_pretrain(args: argparse.Namespace) -> int:
         model_cfg = base.replace(**_parse_set(args.set))
     try:
         result = pretrain(model_cfg, args.data, _train_config(args), tokenizer=args.tokenizer, resume=args.resume,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, stream=args.stream)
     finally:
         distributed.teardown()
     if not distributed.setup_was_main():
@@ -661,8 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--preset", default=None, help="model preset (default: shakespeare-char)")
     source.add_argument("--config", help="a ModelConfig JSON file instead of a preset")
     p.add_argument("--data", default=None,
-                   help="a dataset name (`mmlab data list`), synthetic-stories, or a .txt/.jsonl path "
-                        "(default: tinyshakespeare; on --resume, the run's own)")
+                   help="a dataset name (`mmlab data list`), synthetic-stories, a .txt/.jsonl/.parquet path, a folder "
+                        "of them or a glob in quotes (default: tinyshakespeare; on --resume, the run's own)")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="tokenize the files into sharded token files in bounded memory (default: yes for a folder, "
+                        "a glob, parquet or more than 32 MiB of text; small files are read into memory)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="change one ModelConfig field of the preset or config, e.g. --set n_kv_heads=1 "
                         "--set ffn_act=relu2 (repeatable; values are JSON: 1, 0.5, true, null; else a string)")

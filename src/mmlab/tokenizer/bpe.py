@@ -52,6 +52,25 @@ class BPETokenizer:
         """Many texts at once, in parallel threads (what tokenizing a corpus should use)."""
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
+    def tiktoken_spec(self) -> dict | None:
+        """What ``tiktoken`` needs to encode exactly like this tokenizer (``mmlab.tokenizer.fast``), or None when
+        this is not a plain GPT-2-style byte-level BPE (another normalizer, pre-tokenizer or model option)."""
+        import json
+
+        d = json.loads(self.hf.to_str())
+        model, pre = d.get("model") or {}, d.get("pre_tokenizer") or {}
+        plain = (d.get("normalizer") is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+                 and not pre.get("add_prefix_space") and model.get("type") == "BPE" and not model.get("dropout")
+                 and not model.get("byte_fallback") and not model.get("continuing_subword_prefix")
+                 and not model.get("end_of_word_suffix") and not model.get("ignore_merges"))
+        if not plain:
+            return None
+        to_byte = {c: b for b, c in _bytes_to_unicode().items()}
+        vocab = self.hf.get_vocab(with_added_tokens=False)
+        ranks = {bytes(to_byte[ch] for ch in token): i for token, i in vocab.items()}
+        specials = {t.content: i for i, t in self.hf.get_added_tokens_decoder().items() if t.special}
+        return {"ranks": ranks, "specials": specials, "n_vocab": self.vocab_size}
+
     def decode(self, ids: Iterable[int]) -> str:
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
@@ -74,6 +93,13 @@ class BPETokenizer:
             return cls(HFTokenizer.from_file(str(path)))
         except Exception as e:  # tokenizers raises a bare Exception on malformed files
             raise TokenizerError(f"{path}: cannot read tokenizer.json ({e})") from None
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from the 256 byte values to printable characters (how a byte-level vocabulary spells bytes)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(extra)}}
 
 
 def train_bpe(

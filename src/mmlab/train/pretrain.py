@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,8 @@ import torch
 from mmlab.config import ModelConfig, get_preset
 from mmlab.data.corpus import Corpus, load_corpus
 from mmlab.data.pretrain import PretrainData, tokenize_corpus
+from mmlab.data.shards import ShardWindows, build_shards
+from mmlab.data.stream import is_stream_spec, resolve_sources
 from mmlab.errors import MMLabError
 from mmlab.model.lm import MiniMindLM
 from mmlab.tokenizer.base import ENDOFTEXT, SPECIAL_TOKENS, Tokenizer, load_tokenizer
@@ -84,14 +88,81 @@ def build_tokenizer(spec: str, corpus: Corpus, vocab_size: int) -> Tokenizer:
     return load_tokenizer(spec)
 
 
+STREAM_ABOVE_BYTES = 32 << 20  # files larger than this (in all) are streamed into shards, not read into memory
+TOKENIZER_SAMPLE_CHARS = 64 << 20  # a streamed corpus' BPE is trained on its first 64 MiB of text
+
+
+def wants_stream(data: str, stream: bool | None) -> bool:
+    """Stream ``data`` into shards? Yes for a folder, a glob, parquet, or more than STREAM_ABOVE_BYTES of files;
+    ``stream`` (``--stream`` / ``--no-stream``) overrides. Registered and synthetic corpora are small: in memory."""
+    if not is_stream_spec(data):
+        return False
+    if stream is not None:
+        return stream
+    files = resolve_sources(data)
+    return (Path(data).is_dir() or len(files) > 1 or any(f.suffix == ".parquet" for f in files)
+            or sum(f.stat().st_size for f in files) > STREAM_ABOVE_BYTES)
+
+
+def stream_tokenizer(spec: str, files: list[Path], vocab_size: int) -> Tokenizer:
+    """A tokenizer for a streamed corpus: ``bpe`` trained on its first TOKENIZER_SAMPLE_CHARS of text, ``char``
+    from every character in it (one pass), or a saved tokenizer."""
+    from mmlab.data.stream import iter_pieces
+
+    def sample():
+        seen = 0
+        for piece in iter_pieces(files):
+            yield piece.text
+            seen += len(piece.text)
+            if seen >= TOKENIZER_SAMPLE_CHARS:
+                return
+
+    if spec == "bpe":
+        return train_bpe(sample(), vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
+    if spec == "char":
+        chars: set[str] = set()
+        for piece in iter_pieces(files):
+            chars.update(piece.text)
+        return CharTokenizer(sorted(chars), special_tokens=[ENDOFTEXT])
+    if spec == "teaching-bpe":
+        raise MMLabError("the teaching BPE is plain Python, too slow for a streamed corpus: use --tokenizer bpe")
+    return load_tokenizer(spec)
+
+
+def prepare_stream(data: str, tok_spec: str | Tokenizer, cfg: ModelConfig, train_cfg: TrainConfig, block: int,
+                   saved_key: str | None = None) -> tuple[Tokenizer, ShardWindows]:
+    files = resolve_sources(data)
+    tok = tok_spec if not isinstance(tok_spec, str) else stream_tokenizer(tok_spec, files, cfg.vocab_size)
+    t0 = time.perf_counter()
+
+    def report(p: dict) -> None:
+        if train_cfg.progress:
+            print(f"tokenizing {data}: {p['text_mb']:,.0f} MB ({p['mb_per_s']:.1f} MB/s, {p['tokens']:,} tokens, "
+                  f"{p['shards']} shards, {p['reused']} reused; {p['encoder']})", file=sys.stderr, flush=True)
+
+    corpus = build_shards(files, tok, val_fraction=train_cfg.val_fraction, progress=report)
+    if saved_key is not None and corpus.key != saved_key:
+        raise MMLabError(f"the corpus {data!r} changed since {train_cfg.out_dir} was trained on it (its files' "
+                         "sha256 differ); resuming would change the run")
+    if train_cfg.progress:
+        m = corpus.manifest
+        print(f"{data}: {m['tokens']['train']:,} train / {m['tokens']['val']:,} val tokens in {len(m['shards'])} "
+              f"shards ({corpus.root}; {time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+    windows = ShardWindows(corpus, block, seed=train_cfg.seed, source=data, eval_batch_size=train_cfg.batch_size,
+                           n_eval_batches=train_cfg.eval_batches, data_name=data)
+    return tok, windows
+
+
 def prepare_run(
     model_cfg: ModelConfig | str,
     data: str | None,
     train_cfg: TrainConfig,
     tokenizer: str = "auto",
     resume: bool = False,
-) -> tuple[MiniMindLM, Tokenizer, PretrainBatches]:
-    """Everything the loop needs. On resume the model config, tokenizer and corpus come from the run."""
+    stream: bool | None = None,
+) -> tuple[MiniMindLM, Tokenizer, PretrainBatches | ShardWindows]:
+    """Everything the loop needs. On resume the model config, tokenizer and corpus come from the run.
+    Large corpora (see ``wants_stream``) are streamed into sharded token files in bounded memory."""
     saved_sha = None
     if resume:
         try:
@@ -101,11 +172,26 @@ def prepare_run(
                              "first one); start it again without --resume") from None
         extra = load_trainer_state(ckpt).get("extra", {})
         saved_data, saved_sha = extra.get("data"), extra.get("corpus_sha256")
+        if stream is None:
+            stream = extra.get("stream")  # a run streamed (or not) goes on the same way
         if data is not None and saved_data is not None and data != saved_data:
             raise MMLabError(f"{train_cfg.out_dir} was trained on {saved_data!r}; resuming on {data!r} would "
                              "change the run (start a new --out instead)")
         data = data or saved_data
     data = data or "tinyshakespeare"
+    if wants_stream(data, stream):
+        if resume:
+            cfg = ModelConfig.from_json(ckpt / "config.json")
+            tok_spec: str | Tokenizer = load_checkpoint_tokenizer(ckpt)
+        else:
+            cfg = get_preset(model_cfg) if isinstance(model_cfg, str) else model_cfg
+            tok_spec = tokenizer if tokenizer != "auto" else ("char" if cfg.vocab_size < 256 else "bpe")
+        block = train_cfg.block_size or cfg.max_seq_len
+        if block > cfg.max_seq_len:
+            raise MMLabError(f"block_size={block} is longer than the model's max_seq_len={cfg.max_seq_len}")
+        tok, windows = prepare_stream(data, tok_spec, cfg, train_cfg, block, saved_key=saved_sha)
+        torch.manual_seed(train_cfg.seed)
+        return MiniMindLM(cfg.replace(vocab_size=tok.vocab_size)), tok, windows
     corpus = load_corpus(data, seed=train_cfg.seed)
     if saved_sha is not None and corpus.sha256() != saved_sha:
         raise MMLabError(f"the corpus {data!r} changed since {train_cfg.out_dir} was trained on it (different text, "
@@ -136,14 +222,16 @@ def pretrain(
     tokenizer: str = "auto",
     resume: bool = False,
     overwrite: bool = False,
+    stream: bool | None = None,
     **trainer_kwargs: Any,
 ) -> TrainResult:
     """Train a model from scratch (or resume) on a corpus; returns losses, time and tokens seen."""
     out = Path(train_cfg.out_dir)
-    model, tok, batches = prepare_run(model_cfg, data, train_cfg, tokenizer, resume)
+    model, tok, batches = prepare_run(model_cfg, data, train_cfg, tokenizer, resume, stream)
     if overwrite and not resume:
         clear_run(out)  # only once the new run is ready to start
     trainer = Trainer(model, NextTokenLoss(), batches, train_cfg, tokenizer=tok, resume=resume,
-                      extra_state={"data": batches.data_name, "corpus_sha256": batches.corpus_sha256},
+                      extra_state={"data": batches.data_name, "corpus_sha256": batches.corpus_sha256,
+                                   "stream": isinstance(batches, ShardWindows)},
                       **trainer_kwargs)
     return trainer.fit()

@@ -178,6 +178,8 @@ class Trainer:
                     "python": random.getstate(), "numpy": np.random.get_state()},
             "extra": self.extra_state,
             "grad_scaler": self.scaler.state_dict(),
+            # a data source that walks its data in order (sharded corpora) keeps its place here
+            "data_position": self.data.state_dict() if hasattr(self.data, "state_dict") else None,
         }
 
     def _resume(self) -> None:
@@ -199,6 +201,11 @@ class Trainer:
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         self.extra_state = state.get("extra", {})
+        if state.get("data_position") is not None and hasattr(self.data, "load_state_dict"):
+            try:
+                self.data.load_state_dict(state["data_position"])
+            except MMLabError as e:
+                raise MMLabError(f"cannot resume {self.out}: {e}") from None
         self._scaler_state = state.get("grad_scaler") or None
         self.last_good_ckpt = self.ckpt_path
         # metrics after the checkpoint belong to the lost part of the run: drop them. Every rank reads the
@@ -352,8 +359,10 @@ class Trainer:
                     record = {"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, cfg),
                               "grad_norm": grad_norm, "tokens_per_s": rate, "elapsed_s": now - t0,
                               "train_s": now - t0 - overhead, **self.step_metrics}
+                    if hasattr(self.data, "epochs"):  # passes over the training tokens, for ordered sources
+                        record["epoch"] = self.data.epochs
                     self._log(record)
-                    bar.update(self.step, loss, rate)
+                    bar.update(self.step, loss, rate, record.get("epoch"))
                 t_pause = time.perf_counter()
                 if self.step % cfg.eval_interval == 0 or is_last:
                     record = {"step": self.step, **self.evaluate(), "elapsed_s": t_pause - t0,
@@ -408,17 +417,19 @@ class _Progress:
 
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
-    def update(self, step: int, loss: float, tokens_per_s: float) -> None:
+    def update(self, step: int, loss: float, tokens_per_s: float, epoch: float | None = None) -> None:
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+            extra = {"epoch": f"{epoch:.3f}"} if epoch is not None else {}
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", **extra)
         else:
             done = step - self.initial
             elapsed = time.perf_counter() - self.t0
             eta = elapsed / max(done, 1) * (self.total - step)
-            print(f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  "
+            at = f"  epoch {epoch:.3f}" if epoch is not None else ""
+            print(f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s{at}  "
                   f"elapsed {elapsed:.0f} s  ETA {eta:.0f} s", file=sys.stderr, flush=True)
 
     def message(self, text: str) -> None:
