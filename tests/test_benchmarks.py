@@ -73,3 +73,16 @@ def test_decode_speed_benchmark_quick():
     for name in ("mmlab fp32 no cache", "mmlab fp32 growing cache", "transformers fp32 cache",
                  "transformers fp32 no cache"):
         assert rows[name]["tokens_equal_to_mmlab_fp32"] == 1.0, name
+
+
+def test_tokenize_scale_benchmark_small_and_readme_figures(tmp_path):
+    """The scale benchmark runs (at 2 MB), and the README's 1 GB figures are the committed JSON's."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tokenize_scale.py"), "--sizes", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads(proc.stdout)["runs"][0]
+    assert run["tokens"] > 0 and run["mb_per_s"] > 0 and run["peak_rss_mb"] > 0
+    committed = json.loads((ROOT / "benchmarks" / "results" / "tokenize_scale.json").read_text())
+    big = max(committed["runs"], key=lambda r: r["corpus_mb"])
+    readme = (ROOT / "README.md").read_text()
+    assert f"took {big['seconds']:.0f} s at a peak RSS of {big['peak_rss_mb']:.0f} MB" in readme
