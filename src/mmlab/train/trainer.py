@@ -422,13 +422,13 @@ class _Progress:
             return
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            extra = {"epoch": f"{epoch:.3f}"} if epoch is not None else {}
+            extra = {"epoch": f"{epoch:.4g}"} if epoch is not None else {}
             self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", **extra)
         else:
             done = step - self.initial
             elapsed = time.perf_counter() - self.t0
             eta = elapsed / max(done, 1) * (self.total - step)
-            at = f"  epoch {epoch:.3f}" if epoch is not None else ""
+            at = f"  epoch {epoch:.4g}" if epoch is not None else ""
             print(f"step {step}/{self.total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s{at}  "
                   f"elapsed {elapsed:.0f} s  ETA {eta:.0f} s", file=sys.stderr, flush=True)
 
