@@ -56,10 +56,22 @@ def read_text(path: str | Path) -> str:
 
 
 def iter_jsonl(path: str | Path, with_lines: bool = False) -> Iterator[Any]:
-    """Records of a JSON-lines file (or (line number, record) pairs); a malformed line is an error
-    naming file:line."""
+    """Records of a JSON-lines file (or (line number, record) pairs), read line by line (a file of any
+    size); a malformed line is an error naming file:line."""
     path = Path(path)
-    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    with open(path, "rb") as f:
+        yield from _parse_jsonl(path, f, with_lines)
+
+
+def _parse_jsonl(path: Path, lines, with_lines: bool) -> Iterator[Any]:
+    for lineno, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:{lineno}: bytes {raw[e.start:e.end]!r} at offset {e.start} of the line are not "
+                            f"valid UTF-8 ({e.reason})") from None
         if not line.strip():
             continue
         try:

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from mmlab.data.registry import DataError, cache_dir
-from mmlab.data.stream import MAX_PIECE_CHARS, Piece, file_sha256, iter_pieces
+from mmlab.data.registry import sha256_file as file_sha256
+from mmlab.data.stream import MAX_PIECE_CHARS, Piece, iter_pieces
 from mmlab.tokenizer.base import ENDOFTEXT, Tokenizer, fingerprint
 
 FORMAT = 1

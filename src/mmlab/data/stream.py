@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import codecs
 import glob
-import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,14 +67,6 @@ def resolve_sources(spec: str | Path | list) -> list[Path]:
 def is_stream_spec(spec: str) -> bool:
     """True when ``spec`` names files (a path, folder or glob) rather than a registered or synthetic corpus."""
     return Path(spec).exists() or glob.has_magic(spec)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _cut(text: str, limit: int) -> int:
@@ -146,25 +136,14 @@ def _txt_pieces(path: Path, limit: int) -> Iterator[Piece]:
 
 
 def _jsonl_pieces(path: Path, field: str, limit: int) -> Iterator[Piece]:
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: bytes {raw[e.start:e.end]!r} are not valid UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            text = record.get(field)
-            if not isinstance(text, str):
-                raise DataError(f"{path}:{lineno}: no string field {field!r} (fields: {', '.join(record)[:80]})")
-            if text.strip():
-                yield from _split_long(text, f"{path}:{lineno}", True, limit)
+    from mmlab.data.corpus import iter_jsonl
+
+    for lineno, record in iter_jsonl(path, with_lines=True):
+        text = record.get(field)
+        if not isinstance(text, str):
+            raise DataError(f"{path}:{lineno}: no string field {field!r} (fields: {', '.join(record)[:80]})")
+        if text.strip():
+            yield from _split_long(text, f"{path}:{lineno}", True, limit)
 
 
 def _parquet_pieces(path: Path, field: str, limit: int) -> Iterator[Piece]:

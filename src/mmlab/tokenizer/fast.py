@@ -1,11 +1,12 @@
 """Encoding a corpus fast: ``tiktoken`` running a byte-level BPE trained with Hugging Face ``tokenizers``.
 
 A GPT-2-style byte-level BPE (what ``train_bpe`` makes) is a table of byte strings ranked by merge order
-and the GPT-2 pre-tokenizer regex. ``tiktoken`` encodes such a table about twice as fast per core as
-``tokenizers`` does (measured by ``benchmarks/tokenize_scale.py``), and the speed of tokenizing is what
-decides how long a gigabyte corpus takes to prepare. The two must agree token for token: ``FastEncoder``
-is only used after it reproduced ``tokenizers``' ids on a sample of the corpus being encoded (and the test
-suite checks them on real text and on random strings); otherwise the build uses ``tokenizers``.
+and the GPT-2 pre-tokenizer regex. ``tiktoken`` encodes such a table faster per core than ``tokenizers``
+does (timed side by side in the issue-19 note; not yet in a committed benchmark), and the speed of
+tokenizing is what decides how long a gigabyte corpus takes to prepare. The two must agree token for
+token: a shard build (``mmlab.data.shards``) uses tiktoken only after it reproduced ``tokenizers``' ids on
+the build's first batch of text, and ``tests/test_shards.py`` checks a build against ``encode``; otherwise
+the build uses ``tokenizers``.
 """
 
 from __future__ import annotations
