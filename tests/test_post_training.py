@@ -415,3 +415,81 @@ def test_stage_reports_are_written_by_rank_zero_only(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     write_report(tmp_path, "r.json", {"a": 1})
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1} and not (tmp_path / "r.json.tmp").exists()
+
+
+def _minimind_files(tmp_path):
+    """Small files in MiniMind's own formats (jingyaogong/minimind_dataset): pretraining {"text"}, SFT and
+    LoRA-identity {"conversations"} (with MiniMind-3's reasoning_content and tool calls), DPO
+    {"chosen": [...], "rejected": [...]}."""
+    def write(name, records):
+        (tmp_path / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        return tmp_path / name
+
+    turn = lambda role, content, **kw: {"role": role, "content": content, **kw}  # noqa: E731
+    pre = write("pretrain_hq.jsonl", [{"text": f"<|im_start|>Story {i}: a cat sat on mat {i}.<|im_end|>"}
+                                      for i in range(80)])
+    sft_records = [{"conversations": [turn("user", f"What is {i} plus {i}?"),
+                                      turn("assistant", str(2 * i), reasoning_content=f"{i} + {i} = {2 * i}.")]}
+                   for i in range(40)]
+    sft_records.append({"conversations": [
+        turn("system", "You can call tools."), turn("user", "Weather in Paris?"),
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        turn("tool", "sunny, 21 C"), turn("assistant", "It is sunny in Paris.")]})
+    sft_file = write("sft_mini_512.jsonl", sft_records)
+    identity = write("lora_identity.jsonl", [{"conversations": [turn("user", f"{q} ({i})"),
+                                                                turn("assistant", "I am MiniMind.")]}
+                                             for i in range(5)
+                                             for q in ("Who are you?", "你是谁？", "Your name?", "Hello!")])
+    dpo_file = write("dpo.jsonl", [{"chosen": [turn("user", f"Is {i} a number?"), turn("assistant", "Yes.")],
+                                    "rejected": [turn("user", f"Is {i} a number?"), turn("assistant", "No.")]}
+                                   for i in range(40)])
+    return {"pretrain": pre, "sft": sft_file, "lora": identity, "dpo": dpo_file}
+
+
+def test_every_stage_reads_minimind_formats_and_names_bad_records(base_ckpt, tmp_path):
+    from mmlab.data.sft import load_conversations
+    from mmlab.train.dpo import dpo, load_preferences
+
+    files = _minimind_files(tmp_path)
+    convs = load_conversations(files["sft"])
+    assert convs[0][1]["content"] == "<think>\n0 + 0 = 0.\n</think>\n\n0"  # MiniMind-3's reasoning block
+    tool = convs[-1]
+    assert tool[2]["content"] == ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+                                  '</tool_call>')
+    assert tool[3] == {"role": "user", "content": "<tool_response>\nsunny, 21 C\n</tool_response>"}
+    assert load_preferences(str(files["dpo"]))[0].prompt == [{"role": "user", "content": "Is 0 a number?"}]
+
+    # each stage trains on its file
+    pretrain(get_preset("nano", max_seq_len=64, vocab_size=300), str(files["pretrain"]), tcfg(tmp_path / "pre"),
+             tokenizer="bpe")
+    run = sft(base_ckpt, str(files["sft"]), tcfg(tmp_path / "sft"), evaluate=False)
+    assert run.result.steps == 6
+    run = sft(tmp_path / "sft", str(files["lora"]), tcfg(tmp_path / "lora"), evaluate=False,
+              lora=LoRAConfig(rank=2, alpha=4))
+    assert (tmp_path / "lora" / "ckpt" / "adapter.safetensors").is_file()
+    record = dpo(tmp_path / "sft", str(files["dpo"]), tcfg(tmp_path / "dpo", max_iters=2))
+    assert record["steps"] == 2
+
+    # a bad record in each format is named by file:line, before any run folder is made
+    bad = {
+        "pretrain": ({"txt": "typo"}, r"pretrain_hq.jsonl:81: no string field 'text'"),
+        "sft": ({"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant"}]},
+                r"sft_mini_512.jsonl:42: conversations\[1\].content must be a string"),
+        "lora": ({"conversations": [{"role": "robot", "content": "hi"}]},
+                 r"lora_identity.jsonl:21: conversations: message 0: role='robot'"),
+        "dpo": ({"chosen": [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "x"}],
+                 "rejected": [{"role": "user", "content": "b?"}, {"role": "assistant", "content": "y"}]},
+                r"dpo.jsonl:41: 'chosen' and 'rejected' must share every turn before the answer"),
+    }
+    for stage, (record, message) in bad.items():
+        with open(files[stage], "a") as f:
+            f.write(json.dumps(record) + "\n")
+        with pytest.raises(MMLabError, match=message):
+            if stage == "pretrain":
+                pretrain(get_preset("nano"), str(files[stage]), tcfg(tmp_path / "bad-pre"), tokenizer="char")
+            elif stage == "dpo":
+                dpo(tmp_path / "sft", str(files[stage]), tcfg(tmp_path / "bad-dpo"))
+            else:
+                sft(base_ckpt, str(files[stage]), tcfg(tmp_path / f"bad-{stage}"), evaluate=False)
+    assert not any((tmp_path / f"bad-{s}").exists() for s in ("pre", "sft", "lora", "dpo"))

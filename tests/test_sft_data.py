@@ -39,7 +39,7 @@ def test_records_in_both_formats_and_errors_name_the_record(tmp_path):
         load_conversations(path)
     jsonl = tmp_path / "chat.jsonl"
     jsonl.write_text(json.dumps({"messages": CONVS[0]}) + "\n" + json.dumps({"messages": "hi"}) + "\n")
-    with pytest.raises(DataError, match=r"chat.jsonl:2: 'messages' must be a list"):
+    with pytest.raises(DataError, match=r"chat.jsonl:2: 'messages' must be a non-empty list"):
         load_conversations(jsonl)
 
 
@@ -98,9 +98,9 @@ def test_packing_is_fresh_for_every_batch_and_keeps_the_mask(tok):
 
 
 @pytest.mark.parametrize("record, message", [
-    ({"messages": [{"role": "robot", "content": "hi"}]}, r"f\[3\]: message 0: role='robot'"),
-    ({"messages": [{"role": "user", "content": 7}]}, r"f\[3\]: message 0: content must be a string"),
-    ({"messages": []}, r"f\[3\]: a conversation must be a non-empty list"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, r"f\[3\]: messages: message 0: role='robot'"),
+    ({"messages": [{"role": "user", "content": 7}]}, r"f\[3\]: messages\[0\].content must be a string"),
+    ({"messages": []}, r"f\[3\]: 'messages' must be a non-empty list"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]},
      r"f\[3\]: no non-empty assistant message"),
     ({"instruction": "Say hi.", "output": ""}, r"f\[3\]: field 'output' is empty"),

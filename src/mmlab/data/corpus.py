@@ -124,8 +124,9 @@ def load_corpus(name_or_path: str, synthetic_chars: int = 400_000, seed: int = 0
         if path.suffix == ".jsonl":
             docs = []
             for lineno, record in iter_jsonl(path, with_lines=True):
-                if not isinstance(record.get("text"), str):
-                    raise DataError(f"{path}:{lineno}: no string field 'text'")
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise DataError(f"{path}:{lineno}: no string field 'text' (MiniMind's pretraining format is "
+                                    "one {\"text\": ...} object per line)")
                 docs.append(record["text"])
         else:
             text = read_text(path)

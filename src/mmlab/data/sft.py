@@ -1,8 +1,9 @@
 """Supervised fine-tuning data: records -> conversations -> (ids, loss mask) -> padded or packed batches.
 
 * ``conversation_from_record`` reads the formats the registry holds: Alpaca-style
-  ``{instruction, input, output}`` and chat-style ``{messages: [{role, content}, ...]}``; a malformed
-  record is an error naming the file and the record.
+  ``{instruction, input, output}``, chat-style ``{messages: [{role, content}, ...]}`` and MiniMind's own
+  ``{conversations: [{role, content}, ...]}`` (its SFT and LoRA files, see ``chat_messages``); a
+  malformed record is an error naming the file and the record.
 * ``encode_examples`` applies the ChatML template (``mmlab.tokenizer.chat.encode_chat``): ids, and a
   mask that is 1 on the tokens the model must produce (assistant content and its ``<|im_end|>``).
 * Two ways to batch them, measured against each other in the data lesson:
@@ -14,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,25 +32,72 @@ from mmlab.tokenizer.chat import encode_chat, validate_messages
 Messages = list[dict[str, str]]
 
 
+def chat_messages(messages: Any, where: str, field: str = "messages") -> Messages:
+    """A list of chat messages as ``{role, content}`` ChatML turns, errors naming ``where`` and the message.
+
+    MiniMind's SFT files (``sft_mini_512.jsonl``, MiniMind-3's ``sft_t2t*.jsonl``) add two things to a
+    message, rendered the way MiniMind-3's (Qwen3-style) chat template renders them:
+    ``reasoning_content`` becomes ``<think>\n...\n</think>\n\n`` before the assistant's answer, and
+    ``tool_calls`` become ``<tool_call>\n{json}\n</tool_call>`` blocks after it; a ``tool`` message (a
+    tool's result) becomes a user turn holding ``<tool_response>\n...\n</tool_response>``."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: {field!r} must be a non-empty list of {{role, content}} objects")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise DataError(f"{where}: {field}[{i}] must be a {{role, content}} object, got {type(m).__name__}")
+        role, content = m.get("role"), m.get("content")
+        if content is None and m.get("tool_calls"):
+            content = ""
+        if not isinstance(content, str):
+            raise DataError(f"{where}: {field}[{i}].content must be a string, got {type(content).__name__}")
+        reasoning, calls = m.get("reasoning_content"), m.get("tool_calls")
+        if role == "assistant" and reasoning not in (None, ""):
+            if not isinstance(reasoning, str):
+                raise DataError(f"{where}: {field}[{i}].reasoning_content must be a string")
+            content = f"<think>\n{reasoning.strip()}\n</think>\n\n{content.lstrip()}"
+        if role == "assistant" and calls:
+            if not isinstance(calls, list):
+                raise DataError(f"{where}: {field}[{i}].tool_calls must be a list")
+            blocks = []
+            for call in calls:
+                fn = call.get("function", call) if isinstance(call, dict) else None
+                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                    raise DataError(f"{where}: {field}[{i}].tool_calls: each call needs a function name")
+                args = fn.get("arguments", {})
+                if isinstance(args, str):
+                    try:
+                        args = json.loads(args)
+                    except json.JSONDecodeError:
+                        raise DataError(f"{where}: {field}[{i}].tool_calls: arguments of {fn['name']!r} are "
+                                        "not valid JSON") from None
+                blocks.append("<tool_call>\n" + json.dumps({"name": fn["name"], "arguments": args},
+                                                            ensure_ascii=False) + "\n</tool_call>")
+            content = "\n".join([content.rstrip(), *blocks]).lstrip("\n")
+        if role == "tool":
+            role, content = "user", f"<tool_response>\n{content}\n</tool_response>"
+        out.append({"role": role, "content": content})
+    try:
+        validate_messages(out)
+    except TokenizerError as e:
+        raise DataError(f"{where}: {field}: {e}") from None
+    return out
+
+
 def conversation_from_record(record: Any, where: str) -> Messages:
     """One record as chat messages. ``where`` ("file:line" or "file[i]") goes into every error."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    if "messages" in record:
-        messages = record["messages"]
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise DataError(f"{where}: 'messages' must be a list of {{role, content}} objects")
-        try:
-            validate_messages(messages)
-        except TokenizerError as e:
-            raise DataError(f"{where}: {e}") from None
+    key = next((k for k in ("messages", "conversations") if k in record), None)
+    if key is not None:
+        messages = chat_messages(record[key], where, key)
         if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
             raise DataError(f"{where}: no non-empty assistant message: nothing to train on")
         return messages
     missing = [k for k in ("instruction", "output") if not isinstance(record.get(k), str)]
     if missing:
-        raise DataError(f"{where}: no string field {missing[0]!r} (expected Alpaca-style instruction/input/output "
-                        "or chat-style messages)")
+        raise DataError(f"{where}: no string field {missing[0]!r} (expected Alpaca-style instruction/input/output, "
+                        "chat-style messages, or MiniMind's conversations)")
     if not record["output"].strip():
         raise DataError(f"{where}: field 'output' is empty: nothing to train on")
     extra = record.get("input") or ""

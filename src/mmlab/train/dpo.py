@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from mmlab.data.registry import DataError
-from mmlab.data.sft import Example, Messages, pad_batch
+from mmlab.data.sft import Example, Messages, chat_messages, pad_batch
 from mmlab.data.synthetic import make_tasks
 from mmlab.errors import ConfigError
 from mmlab.model.lm import IGNORE_INDEX
@@ -43,18 +43,42 @@ class PreferencePair:
     where: str = field(default="", compare=False)  # the record it came from ("file:line", "file[i]")
 
 
+def _conversation_pair(record: dict, where: str) -> tuple[Messages, str, str]:
+    """MiniMind's ``dpo.jsonl``: ``chosen`` and ``rejected`` are whole conversations that share the turns
+    before the last, an assistant answer: (the shared prompt, the chosen answer, the rejected answer)."""
+    chosen, rejected = (chat_messages(record[k], where, k) for k in ("chosen", "rejected"))
+    for key, conv in (("chosen", chosen), ("rejected", rejected)):
+        if conv[-1]["role"] != "assistant":
+            raise DataError(f"{where}: {key!r} must end with the assistant's answer, not a {conv[-1]['role']} turn")
+    if chosen[:-1] != rejected[:-1]:
+        raise DataError(f"{where}: 'chosen' and 'rejected' must share every turn before the answer (their prompts "
+                        "differ)")
+    return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
+
+
 def pair_from_record(record: Any, where: str) -> PreferencePair:
-    """``{instruction, input?, chosen, rejected}`` (preferences-1k) or ``{prompt | messages, chosen,
-    rejected}``; ``where`` ("file[i]") goes into every error."""
+    """``{instruction, input?, chosen, rejected}`` (preferences-1k), ``{prompt | messages, chosen, rejected}``
+    with string answers, or MiniMind's ``{chosen: [messages], rejected: [messages]}``; ``where``
+    ("file:line", "file[i]") goes into every error."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if isinstance(record.get("chosen"), list) or isinstance(record.get("rejected"), list):
+        prompt, chosen, rejected = _conversation_pair(record, where)
+        for key, answer in (("chosen", chosen), ("rejected", rejected)):
+            if not answer.strip():
+                raise DataError(f"{where}: the {key!r} answer is empty")
+        if chosen.strip() == rejected.strip():
+            raise DataError(f"{where}: 'chosen' and 'rejected' are the same answer: nothing to prefer")
+        if not prompt:
+            raise DataError(f"{where}: no prompt before the answers")
+        return PreferencePair(prompt, chosen, rejected, where)
     for key in ("chosen", "rejected"):
         if not isinstance(record.get(key), str) or not record[key].strip():
-            raise DataError(f"{where}: field {key!r} must be a non-empty string")
+            raise DataError(f"{where}: field {key!r} must be a non-empty string or a list of messages")
     if record["chosen"].strip() == record["rejected"].strip():
         raise DataError(f"{where}: 'chosen' and 'rejected' are the same answer: nothing to prefer")
     if "messages" in record:
-        prompt = record["messages"]
+        prompt = chat_messages(record["messages"], where)
     elif isinstance(record.get("prompt"), str):
         prompt = [{"role": "user", "content": record["prompt"]}]
     elif isinstance(record.get("instruction"), str):
@@ -71,6 +95,17 @@ def pair_from_record(record: Any, where: str) -> PreferencePair:
     if not any(m["content"].strip() for m in prompt):
         raise DataError(f"{where}: the prompt is empty")
     return PreferencePair(prompt, record["chosen"], record["rejected"], where)
+
+
+def _same_answers(record: Any) -> bool:
+    """A well-formed record whose chosen and rejected answers are the same text (skipped and counted)."""
+    if not isinstance(record, dict):
+        return False
+    c, r = record.get("chosen"), record.get("rejected")
+    if isinstance(c, list) and isinstance(r, list) and c and r:
+        last = [x[-1].get("content") if isinstance(x[-1], dict) else None for x in (c, r)]
+        c, r = last
+    return isinstance(c, str) and isinstance(r, str) and c.strip() == r.strip() and c.strip() != ""
 
 
 def synthetic_pairs(n: int, seed: int = 0) -> list[PreferencePair]:
@@ -120,10 +155,7 @@ def load_preferences(data: str, seed: int = 0, n_synthetic: int = 3000) -> Prefe
     records = named_records(path)
     pairs, skipped = [], []
     for where, record in records:
-        same = (isinstance(record, dict) and isinstance(record.get("chosen"), str)
-                and isinstance(record.get("rejected"), str) and record["chosen"].strip() == record["rejected"].strip()
-                and record["chosen"].strip() != "")
-        if same:
+        if _same_answers(record):
             skipped.append(where)
         else:
             pairs.append(pair_from_record(record, where))
