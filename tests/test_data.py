@@ -34,14 +34,19 @@ def test_registry_has_the_required_datasets():
                 "hellaswag-100"}
     assert required <= set(REGISTRY)
     for ds in REGISTRY.values():
-        assert ds.url.startswith("https://raw.githubusercontent.com/") and len(ds.sha256) == 64
+        if isinstance(ds, registry.HubFile):  # pinned to a commit of a Hugging Face dataset repository
+            assert ds.url.startswith(f"https://huggingface.co/datasets/{ds.repo_id}/resolve/")
+            assert len(ds.revision) == 40 and ds.revision_source and ds.stage in ("pretrain", "sft", "lora", "dpo")
+        else:
+            assert ds.url.startswith("https://raw.githubusercontent.com/") and len(ds.sha256) == 64
 
 
 def test_every_registered_file_in_the_mirror_verifies(mirror_file, isolated, monkeypatch):
     folder = mirror_file("tinyshakespeare_input.txt").parent
     monkeypatch.setenv("MMLAB_DATA_MIRROR", str(folder))
-    for name in REGISTRY:
-        assert dataset_path(name, download=False).parent == folder
+    for name, ds in REGISTRY.items():
+        if not isinstance(ds, registry.HubFile):  # hub files: tests/test_hub.py
+            assert dataset_path(name, download=False).parent == folder
 
 
 def test_offline_without_mirror_names_the_url_and_the_variable(isolated, monkeypatch):

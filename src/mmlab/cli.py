@@ -58,12 +58,16 @@ def _cmd_model_presets(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_list(args: argparse.Namespace) -> int:
-    from mmlab.data.registry import REGISTRY, cache_dir, mirror_dir
+    from mmlab.data.registry import REGISTRY, HubFile, cache_dir, mirror_dir
     from mmlab.data.synthetic import SYNTHETIC_CORPORA
 
     print(f"cache: {cache_dir()}   mirror (MMLAB_DATA_MIRROR): {mirror_dir() or 'unset'}")
     for ds in REGISTRY.values():
-        print(f"{ds.name:<24}{ds.size:>11,} B  {ds.kind:<6} {ds.description}")
+        if isinstance(ds, HubFile):
+            print(f"{ds.name:<24}{ds.approx_size:>13}  {ds.kind:<6} {ds.description} [hub: {ds.repo_id}, "
+                  f"{ds.stage}]")
+        else:
+            print(f"{ds.name:<24}{ds.size:>11,} B  {ds.kind:<6} {ds.description}")
     for name in SYNTHETIC_CORPORA:
         print(f"{name:<24}{'built-in':>13}  text   deterministic story-world corpus (no file, works offline)")
     return 0
@@ -77,9 +81,9 @@ def _cmd_data_path(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_download(args: argparse.Namespace) -> int:
-    from mmlab.data.registry import REGISTRY, fetch, get_dataset
+    from mmlab.data.registry import REGISTRY, HubFile, fetch, get_dataset
 
-    names = list(REGISTRY) if args.all else args.names
+    names = [n for n, d in REGISTRY.items() if not isinstance(d, HubFile)] if args.all else args.names
     if not names:
         raise MMLabError("name at least one dataset, or pass --all")
     for name in names:
@@ -88,12 +92,19 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_verify(args: argparse.Namespace) -> int:
-    from mmlab.data.registry import REGISTRY, DataError, dataset_path
+    from mmlab.data.hub import hub_path, local_copy
+    from mmlab.data.registry import REGISTRY, DataError, HubFile, dataset_path, get_dataset
 
     failures = 0
     for name in args.names or list(REGISTRY):
         try:
-            print(f"ok      {name}: {dataset_path(name, download=False)}")
+            ds = get_dataset(name)
+            if isinstance(ds, HubFile) and not args.names and local_copy(ds) is None:
+                print(f"-       {name}: not fetched (hub file, {ds.approx_size}: `mmlab data download {name}`)")
+                continue
+            path = hub_path(ds, download=False, rehash=True) if isinstance(ds, HubFile) else \
+                dataset_path(name, download=False)
+            print(f"ok      {name}: {path}")
         except DataError as e:
             failures += 1
             print(f"FAILED  {name}: {e}")
@@ -645,7 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = data_sub.add_parser("download", help="download datasets into the cache",
                             description="Download datasets into the cache, checking their sha256.")
     p.add_argument("names", nargs="*")
-    p.add_argument("--all", action="store_true", help="every registered dataset")
+    p.add_argument("--all", action="store_true",
+                   help="every small pinned dataset (the hub corpora, GBs each, only when named)")
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.set_defaults(func=_cmd_data_download)
     p = data_sub.add_parser("verify", help="check cached / mirrored files against their sha256",

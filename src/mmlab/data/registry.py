@@ -6,6 +6,10 @@ Resolution order for ``dataset_path(name)``:
   3. a download from the canonical URL (pinned to a commit) into the cache.
 Every file is checked against its sha256 wherever it comes from: a corrupted or truncated file is
 reported, never silently used. The test suite never downloads (it uses the mirror or a local server).
+
+The large corpora (full TinyStories, MiniMind's data files, a FineWeb-Edu sample) are ``HubFile`` entries:
+files of a Hugging Face dataset repository at a pinned commit, fetched with ``huggingface_hub`` (see
+``mmlab.data.hub`` for how they are verified).
 """
 
 from __future__ import annotations
@@ -41,6 +45,67 @@ class Dataset:
     doc_separator: str | None = None  # for document corpora: the string between documents
 
 
+@dataclass(frozen=True)
+class HubFile:
+    """One file of a Hugging Face dataset repository at a pinned commit (``revision``).
+
+    Its size and sha256 are not typed in here: they could not be looked up where this registry was written
+    (no network) and the hub publishes them with the file. ``mmlab.data.hub`` checks the download against the
+    sha256 the hub serves for it (the LFS object id), then records both in a lock file, so a later change of
+    the file is detected. ``revision_source`` says where the pinned commit comes from."""
+    name: str
+    repo_id: str
+    filename: str
+    revision: str
+    revision_source: str
+    license: str
+    description: str
+    kind: str  # "text" (a corpus), "jsonl", "parquet"
+    stage: str  # what it trains: "pretrain", "sft", "lora", "dpo"
+    approx_size: str  # as public READMEs give it, or "not looked up" (informative only; never checked)
+    doc_separator: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://huggingface.co/datasets/{self.repo_id}/resolve/{self.revision}/{self.filename}"
+
+
+_TINYSTORIES = ("roneneldan/TinyStories", "f54c09fd23315a6f9c86f9dc80f725de7d8f9c64",
+                "the commit a public TinyStories training project pins (not resolved here: no network)")
+# MiniMind-3's file names (pretrain_t2t_mini, sft_t2t_mini); MiniMind2's pretrain_hq / sft_mini_512 have the same
+# formats and can be given as paths.
+_MINIMIND = ("jingyaogong/minimind_dataset", "312afb4f76391145c6902f765bb51691c09a12f5",
+             "the commit a public MiniMind-3 tutorial downloads its samples from (not resolved here: no network)")
+_MINIMIND_LICENSE = ("the dataset card lists Apache-2.0 and CC-BY-NC-2.0, with data from several sources: check each "
+                     "file's origin before use")
+_FINEWEB_EDU = ("HuggingFaceFW/fineweb-edu", "fc9850dff5e2d0f8f776efe41b24a1c49556cfc5",
+                "the commit a public pretraining project's data config pins (not resolved here: no network)")
+
+HUB_FILES = [
+    HubFile("tinystories-v2-train", _TINYSTORIES[0], "TinyStoriesV2-GPT4-train.txt", *_TINYSTORIES[1:],
+            "CDLA-Sharing-1.0", "All of TinyStories V2 (GPT-4 stories), train split; stories end in <|endoftext|>",
+            "text", "pretrain", "~2.2 GB", doc_separator="<|endoftext|>"),
+    HubFile("tinystories-v2-valid", _TINYSTORIES[0], "TinyStoriesV2-GPT4-valid.txt", *_TINYSTORIES[1:],
+            "CDLA-Sharing-1.0", "TinyStories V2 (GPT-4 stories), validation split", "text", "pretrain",
+            "not looked up", doc_separator="<|endoftext|>"),
+    HubFile("minimind-pretrain", _MINIMIND[0], "pretrain_t2t_mini.jsonl", *_MINIMIND[1:], _MINIMIND_LICENSE,
+            "MiniMind-3's pretraining corpus (mini): one {\"text\"} object per line", "jsonl", "pretrain",
+            "not looked up"),
+    HubFile("minimind-sft", _MINIMIND[0], "sft_t2t_mini.jsonl", *_MINIMIND[1:], _MINIMIND_LICENSE,
+            "MiniMind-3's SFT set (mini): {\"conversations\": [{role, content, reasoning_content?}, ...]}",
+            "jsonl", "sft", "not looked up"),
+    HubFile("minimind-dpo", _MINIMIND[0], "dpo.jsonl", *_MINIMIND[1:], _MINIMIND_LICENSE,
+            "MiniMind's preference pairs: {\"chosen\": [messages], \"rejected\": [messages]}", "jsonl", "dpo",
+            "55-909 MB by release"),
+    HubFile("minimind-lora-identity", _MINIMIND[0], "lora_identity.jsonl", *_MINIMIND[1:], _MINIMIND_LICENSE,
+            "MiniMind's identity set for LoRA ('who are you?'): {\"conversations\": [...]}", "jsonl", "lora",
+            "~23 KB"),
+    HubFile("fineweb-edu-sample", _FINEWEB_EDU[0], "sample/10BT/000_00000.parquet", *_FINEWEB_EDU[1:],
+            "ODC-By-1.0", "The first parquet file of FineWeb-Edu's 10BT sample (educational web text, column 'text')",
+            "parquet", "pretrain", "~2 GB"),
+]
+
+
 def _raw(repo: str, commit: str, path: str) -> str:
     return f"{_GITHUB_RAW}/{repo}/{commit}/{path}"
 
@@ -48,7 +113,7 @@ def _raw(repo: str, commit: str, path: str) -> str:
 _RASBT = ("rasbt/LLMs-from-scratch", "28c65cdfbc3338e2e040016eea4b7fdf556e4d57")
 _NUTCRACKER = ("brucewlee/nutcracker-db", "95fa9aa468d4d0e179e2e950cc68cd5058463503")
 
-REGISTRY: dict[str, Dataset] = {
+REGISTRY: dict[str, Dataset | HubFile] = {
     d.name: d
     for d in [
         Dataset(
@@ -119,9 +184,10 @@ REGISTRY: dict[str, Dataset] = {
             "MIT", "100 HellaSwag items (4 endings each)", "jsonl"),
     ]
 }
+REGISTRY.update({h.name: h for h in HUB_FILES})  # type: ignore[misc]
 
 
-def get_dataset(name: str) -> Dataset:
+def get_dataset(name: str) -> Dataset | HubFile:
     if name not in REGISTRY:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(REGISTRY)}")
     return REGISTRY[name]
@@ -159,6 +225,10 @@ def verify(ds: Dataset, path: Path) -> None:
 def dataset_path(name: str, download: bool = True) -> Path:
     """A verified local path of the dataset's file (cache -> mirror -> download)."""
     ds = get_dataset(name)
+    if isinstance(ds, HubFile):
+        from mmlab.data.hub import hub_path
+
+        return hub_path(ds, download=download)
     cached = cache_dir() / ds.filename
     if cached.is_file():
         try:
@@ -175,9 +245,13 @@ def dataset_path(name: str, download: bool = True) -> Path:
     return fetch(ds)  # the mirror had no copy: download
 
 
-def fetch(ds: Dataset, force: bool = False, timeout: float = 30.0) -> Path:
+def fetch(ds: Dataset | HubFile, force: bool = False, timeout: float = 30.0) -> Path:
     """Put a verified copy in the cache: from the mirror when it has a good one, else downloaded.
     Written to a temp file, verified, then renamed: never a half-written file."""
+    if isinstance(ds, HubFile):
+        from mmlab.data.hub import hub_path
+
+        return hub_path(ds, force=force)
     target = cache_dir() / ds.filename
     if target.is_file() and not force:
         verify(ds, target)

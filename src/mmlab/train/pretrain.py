@@ -104,6 +104,18 @@ def wants_stream(data: str, stream: bool | None) -> bool:
             or sum(f.stat().st_size for f in files) > STREAM_ABOVE_BYTES)
 
 
+def stream_source(data: str, stream: bool | None) -> str:
+    """What to stream for ``data``: the file of a hub corpus (GBs: always streamed unless ``--no-stream``) or,
+    with ``--stream``, of a small registered one; anything else is returned as given."""
+    from mmlab.data.registry import REGISTRY, HubFile, dataset_path
+
+    if is_stream_spec(data) or data not in REGISTRY or stream is False:
+        return data
+    if isinstance(REGISTRY[data], HubFile) or stream:
+        return str(dataset_path(data))
+    return data
+
+
 def stream_tokenizer(spec: str, files: list[Path], vocab_size: int) -> Tokenizer:
     """A tokenizer for a streamed corpus: ``bpe`` trained on its first TOKENIZER_SAMPLE_CHARS of text, ``char``
     from every character in it (one pass), or a saved tokenizer."""
@@ -179,7 +191,8 @@ def prepare_run(
                              "change the run (start a new --out instead)")
         data = data or saved_data
     data = data or "tinyshakespeare"
-    if wants_stream(data, stream):
+    source = stream_source(data, stream)
+    if wants_stream(source, stream if stream is not None else (True if source != data else None)):
         if resume:
             cfg = ModelConfig.from_json(ckpt / "config.json")
             tok_spec: str | Tokenizer = load_checkpoint_tokenizer(ckpt)
@@ -189,7 +202,7 @@ def prepare_run(
         block = train_cfg.block_size or cfg.max_seq_len
         if block > cfg.max_seq_len:
             raise MMLabError(f"block_size={block} is longer than the model's max_seq_len={cfg.max_seq_len}")
-        tok, windows = prepare_stream(data, tok_spec, cfg, train_cfg, block, saved_key=saved_sha)
+        tok, windows = prepare_stream(source, tok_spec, cfg, train_cfg, block, saved_key=saved_sha)
         torch.manual_seed(train_cfg.seed)
         return MiniMindLM(cfg.replace(vocab_size=tok.vocab_size)), tok, windows
     corpus = load_corpus(data, seed=train_cfg.seed)
