@@ -234,3 +234,90 @@ def test_malformed_tokenizer_files_are_one_line_errors(tmp_path, bpe, capsys, to
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "x").exists()
+
+
+# ---- MiniMind2's own folders ------------------------------------------------------------------------------
+def minimind2_config(**changes):
+    """config.json as MiniMind2's MiniMindConfig.save_pretrained writes it (small sizes)."""
+    return {"architectures": ["MiniMindForCausalLM"], "model_type": "minimind", "aux_loss_alpha": 0.1,
+            "bos_token_id": 1, "eos_token_id": 2, "dropout": 0.0, "flash_attn": True, "hidden_act": "silu",
+            "hidden_size": 64, "intermediate_size": None, "max_position_embeddings": 32768,
+            "n_routed_experts": 4, "n_shared_experts": 1, "norm_topk_prob": True, "num_attention_heads": 4,
+            "num_experts_per_tok": 2, "num_hidden_layers": 2, "num_key_value_heads": 2, "rms_norm_eps": 1e-05,
+            "rope_theta": 1000000.0, "scoring_func": "softmax", "seq_aux": True, "torch_dtype": "float32",
+            "transformers_version": "4.57.1", "use_moe": False, "vocab_size": 300, **changes}
+
+
+def minimind2_folder(path, config, state, bpe, as_bin=False):
+    from safetensors.torch import save_file
+
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config))
+    if as_bin:
+        torch.save(state, path / "pytorch_model.bin")
+    else:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path / "model.safetensors"))
+    (path / "tokenizer.json").write_text(bpe.to_json())
+    return path
+
+
+@pytest.mark.parametrize("as_bin", [False, True], ids=["safetensors-head-saved-once", "bin-tied-copy"])
+def test_minimind2_folder_imports_with_transformers_logits(bpe, tmp_path, as_bin):
+    """A MiniMind2 dense model is a Llama with MiniMind's sizes: transformers' Llama on the same weights is the
+    reference for the imported model's logits."""
+    config = minimind2_config()
+    ffn = 64 * ((int(64 * 8 / 3) + 63) // 64)  # MiniMind's rule for a null intermediate_size: 192
+    llama_cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=ffn, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+                                         rope_theta=1e6, max_position_embeddings=32768, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    reference = transformers.LlamaForCausalLM(llama_cfg).eval()
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            p.uniform_(0.5, 1.5) if name.endswith("norm.weight") else p.normal_(0, 0.3)
+    state = dict(reference.state_dict())
+    if as_bin:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()  # a tied copy, saved twice
+    else:
+        state.pop("model.embed_tokens.weight")  # a tied pair saved once, under the head's name
+    folder = minimind2_folder(tmp_path / "MiniMind2", config, state, bpe, as_bin=as_bin)
+    assert main(["import", "hf", "--hf", str(folder), "--out", str(tmp_path / "mm")]) == 0
+    ours = load_model(tmp_path / "mm").eval()
+    assert ours.cfg.resolved_ffn_size == ffn and ours.cfg.tie_embeddings and ours.cfg.kv_heads == 2
+    idx = torch.randint(0, 300, (2, 40))
+    with torch.no_grad():
+        assert (reference(idx).logits - ours(idx).logits).abs().max().item() <= 1e-4
+    assert load_tokenizer(tmp_path / "mm").to_json() == bpe.to_json()
+
+
+def test_minimind2_moe_folder_imports_and_minimind3_is_refused(bpe, tmp_path, capsys):
+    cfg = get_preset("nano", vocab_size=300, n_experts=4, n_experts_per_tok=2, n_shared_experts=1,
+                     max_seq_len=32768, rope_theta=1e6)
+    ours = random_model(cfg)
+    names = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+    rename = [("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm"), ("attn.", "self_attn."),
+              ("ffn.router", "mlp.gate"), ("ffn.shared", "mlp.shared_experts"), ("ffn.", "mlp.")]
+    state = {}
+    for k, v in ours.state_dict().items():
+        if k == "lm_head.weight":
+            continue
+        name = names.get(k, k.replace("blocks.", "model.layers."))
+        for a, b in rename:
+            name = name.replace(a, b, 1) if a in name else name
+        state[name] = v
+    config = minimind2_config(use_moe=True, hidden_size=cfg.hidden_size, intermediate_size=cfg.resolved_ffn_size,
+                              num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads,
+                              num_hidden_layers=cfg.n_layers)
+    folder = minimind2_folder(tmp_path / "MiniMind2-MoE", config, state, bpe)
+    import_hf(folder, tmp_path / "mm")
+    back = load_model(tmp_path / "mm").eval()
+    assert (back.cfg.n_experts, back.cfg.n_shared_experts, back.cfg.n_experts_per_tok) == (4, 1, 2)
+    idx = torch.randint(0, 300, (2, 30))
+    with torch.no_grad():
+        assert torch.equal(back(idx).logits, ours(idx).logits)
+    # MiniMind-3 (QK-norm) is named, not half-imported
+    state["model.layers.0.self_attn.q_norm.weight"] = torch.ones(cfg.head_dim)
+    folder3 = minimind2_folder(tmp_path / "minimind-3", config, state, bpe)
+    assert main(["import", "hf", "--hf", str(folder3), "--out", str(tmp_path / "m3")]) == 1
+    assert "a MiniMind-3 checkpoint (QK-norm in attention)" in capsys.readouterr().err
+    assert not (tmp_path / "m3").exists()

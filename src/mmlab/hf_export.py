@@ -6,6 +6,7 @@
     >>> tok = AutoTokenizer.from_pretrained("hf/tiny-chat")
     >>> tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
     mmlab import hf --hf hf/tiny-chat --out runs/imported
+    mmlab import hf --hf MiniMind2 --out runs/minimind2    # a MiniMind2 release folder (model_type "minimind")
 
 With the Llama switches our model *is* a Llama (``model/hf.py`` renames the tensors and maps the config),
 so the export is a rename plus the files ``transformers`` expects:
@@ -22,6 +23,10 @@ so the export is a rename plus the files ``transformers`` expects:
 each piece apart and reads message text as text; the ids agree except for two edge cases: a message whose
 text contains a special token's text ("<|im_end|>" typed by a user becomes the control token in
 transformers), and a message that starts with blank lines (a merge can then cross the piece boundary).
+
+MiniMind2's own folders (``MiniMindForCausalLM``: config.json with model_type "minimind", weights in
+``model.safetensors`` or ``pytorch_model.bin``, its tokenizer.json) import too: the dense model is a Llama
+under the same names, the MoE layers are renamed, and a null ``intermediate_size`` is MiniMind's own rule.
 
 Neither direction imports ``transformers``: the files are written and read directly, and the tests check
 that ``transformers`` loads them and computes the same logits and greedy text.
@@ -46,6 +51,8 @@ from mmlab.errors import ConfigError, MMLabError
 from mmlab.model.hf import (
     from_hf_state_dict,
     from_llama_config_dict,
+    from_minimind_config_dict,
+    from_minimind_state_dict,
     llama_incompatibilities,
     to_hf_state_dict,
     to_llama_config_dict,
@@ -56,6 +63,8 @@ from mmlab.tokenizer.bpe import BPETokenizer
 from mmlab.tokenizer.char import UNK, CharTokenizer
 
 HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
+TORCH_WEIGHTS = "pytorch_model.bin"
+MINIMIND_TYPES = ("minimind",)  # MiniMind2's MiniMindConfig.model_type
 TOKENIZER_CONFIG, GENERATION_CONFIG = "tokenizer_config.json", "generation_config.json"
 MMLAB_KEY = "mmlab_config"
 CHAR_SPLIT = r"[\s\S]"  # one pre-token per Unicode code point, newlines included: a char tokenizer
@@ -198,9 +207,12 @@ def read_hf_config(hf_dir: Path) -> ModelConfig:
         raise ExportError(f"{hf_dir}: no {HF_CONFIG} (not a Hugging Face model folder)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ExportError(f"{path}: cannot read it ({e})") from None
-    if not isinstance(data, dict) or data.get("model_type") != "llama":
+    if not isinstance(data, dict) or data.get("model_type") not in ("llama", *MINIMIND_TYPES):
         kind = data.get("model_type") if isinstance(data, dict) else None
-        raise ExportError(f"{path}: model_type={kind!r}; only Llama models (model_type 'llama') can be imported")
+        raise ExportError(f"{path}: model_type={kind!r}; only Llama models (model_type 'llama') and MiniMind2 "
+                          "models (model_type 'minimind') can be imported")
+    if data["model_type"] in MINIMIND_TYPES:
+        raise ExportError(f"{path}: a MiniMind2 model: import it with import_hf (read_minimind_config)")
     try:
         cfg = from_llama_config_dict(data)
     except ConfigError as e:
@@ -222,8 +234,51 @@ def read_hf_config(hf_dir: Path) -> ModelConfig:
     return cfg
 
 
-def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the folder's safetensors file(s) (one file, or shards listed in the index)."""
+def _model_type(hf_dir: Path) -> Any:
+    try:
+        data = json.loads((hf_dir / HF_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # read_hf_config says what is wrong with it
+    return data.get("model_type") if isinstance(data, dict) else None
+
+
+def read_minimind_config(hf_dir: Path, state: dict[str, torch.Tensor]) -> tuple[ModelConfig, list[str]]:
+    """The ModelConfig of a MiniMind2 folder (its ``MiniMindConfig`` config.json), and what is not carried
+    over. Whether the LM head is tied is read from the weights: MiniMind ties it, and a tied head is saved once
+    or as an identical copy."""
+    path = hf_dir / HF_CONFIG
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if any(".q_norm." in k or ".k_norm." in k for k in state):
+        raise ExportError(f"{hf_dir}: a MiniMind-3 checkpoint (QK-norm in attention), which mmlab's decoder cannot "
+                          "represent yet; MiniMind2 folders import")
+    emb, head = state.get("model.embed_tokens.weight"), state.get("lm_head.weight")
+    if emb is None and head is not None:  # a tied pair saved once, under the head's name
+        emb = state["model.embed_tokens.weight"] = state.pop("lm_head.weight")
+        head = None
+    if emb is None:
+        raise ExportError(f"{hf_dir}: no model.embed_tokens.weight in the weights: not a MiniMind model")
+    tied = head is None or (head.shape == emb.shape and torch.equal(head, emb))
+    if head is not None and tied:
+        del state["lm_head.weight"]
+    try:
+        return from_minimind_config_dict(data, tied)
+    except ConfigError as e:
+        raise ExportError(f"{path}: {e}") from None
+
+
+def read_hf_weights(hf_dir: Path, allow_bin: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's safetensors file(s) (one file, or shards listed in the index); with
+    ``allow_bin``, a ``pytorch_model.bin`` too (MiniMind's releases), read with ``weights_only=True``: tensors
+    only, never code."""
+    if allow_bin and not (hf_dir / HF_WEIGHTS).is_file() and (hf_dir / TORCH_WEIGHTS).is_file():
+        try:
+            state = torch.load(hf_dir / TORCH_WEIGHTS, map_location="cpu", weights_only=True)
+        except Exception as e:  # a pickle that is not plain tensors, or a corrupt file
+            raise ExportError(f"{hf_dir / TORCH_WEIGHTS}: cannot read weights ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ExportError(f"{hf_dir / TORCH_WEIGHTS}: not a state dict of tensors")
+        return state
     if (hf_dir / HF_WEIGHTS).is_file():
         files = [hf_dir / HF_WEIGHTS]
     elif (hf_dir / HF_INDEX).is_file():
@@ -292,10 +347,17 @@ def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> d
         raise ExportError(f"Hugging Face folder not found: {hf_dir}")
     out = Path(out)
     _check_out(out, overwrite, "import")
-    cfg = read_hf_config(hf_dir)
-    state = {k: v.float() for k, v in read_hf_weights(hf_dir).items()}
+    notes: list[str] = []
+    if _model_type(hf_dir) in MINIMIND_TYPES:
+        state = {k: v.float() for k, v in read_hf_weights(hf_dir, allow_bin=True).items()}
+        cfg, notes = read_minimind_config(hf_dir, state)
+        convert = from_minimind_state_dict
+    else:
+        cfg = read_hf_config(hf_dir)
+        state = {k: v.float() for k, v in read_hf_weights(hf_dir).items()}
+        convert = from_hf_state_dict
     try:
-        ours = from_hf_state_dict(state, cfg)
+        ours = convert(state, cfg)
     except ConfigError as e:
         raise ExportError(f"{hf_dir}: {e}") from None
     model = MiniMindLM(cfg)
@@ -311,7 +373,8 @@ def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> d
                           f"{unexpected[:3]}, other shapes {bad_shapes[:3]})")
     model.load_state_dict(ours, strict=False)
     tok = read_hf_tokenizer(hf_dir)
-    notes = [] if tok is not None else [f"{hf_dir} has no {BPE_FILE}: the checkpoint has no tokenizer"]
+    if tok is None:
+        notes.append(f"{hf_dir} has no {BPE_FILE}: the checkpoint has no tokenizer")
     if tok is not None and tok.vocab_size > cfg.vocab_size:
         raise ExportError(f"{hf_dir}: the tokenizer has {tok.vocab_size} tokens but the model only "
                           f"{cfg.vocab_size} embeddings")
@@ -321,8 +384,8 @@ def import_hf(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> d
 
 
 # ---- output folders -----------------------------------------------------------------------------
-_OURS = {HF_CONFIG, HF_WEIGHTS, HF_INDEX, TOKENIZER_CONFIG, GENERATION_CONFIG, BPE_FILE, "char_vocab.json",
-         "teaching_bpe.json", "trainer_state.pt", "adapter.safetensors", "adapter_config.json",
+_OURS = {HF_CONFIG, HF_WEIGHTS, HF_INDEX, TORCH_WEIGHTS, TOKENIZER_CONFIG, GENERATION_CONFIG, BPE_FILE,
+         "char_vocab.json", "teaching_bpe.json", "trainer_state.pt", "adapter.safetensors", "adapter_config.json",
          "special_tokens_map.json", "chat_template.jinja"}
 
 

@@ -171,3 +171,72 @@ def from_llama_config_dict(d: dict[str, Any]) -> ModelConfig:
                        rope_scaling=scaling, tie_embeddings=bool(d.get("tie_word_embeddings", False)),
                        attn_dropout=dropout or None, init_std=float(d.get("initializer_range", 0.02)),
                        name=str(d.get("_name_or_path") or "llama"))
+
+
+# ---- MiniMind2's own transformers format (model_type "minimind", MiniMindForCausalLM) ----------------------
+# Its dense model is a Llama under the same tensor names; its MoE layers name the router `mlp.gate` and the
+# always-on experts `mlp.shared_experts`.
+_MOE_NAMES = [
+    (re.compile(r"model\.layers\.(\d+)\.mlp\.gate\.weight"), r"blocks.\1.ffn.router.weight"),
+    (re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight"),
+     r"blocks.\1.ffn.experts.\2.\3_proj.weight"),
+    (re.compile(r"model\.layers\.(\d+)\.mlp\.shared_experts\.(\d+)\.(gate|up|down)_proj\.weight"),
+     r"blocks.\1.ffn.shared.\2.\3_proj.weight"),
+]
+
+
+def minimind_ffn_size(hidden: int) -> int:
+    """MiniMind2's FeedForward when ``intermediate_size`` is null: 8/3 of the width, rounded up to 64."""
+    return 64 * ((int(hidden * 8 / 3) + 63) // 64)
+
+
+def from_minimind_config_dict(d: dict[str, Any], tied: bool) -> tuple[ModelConfig, list[str]]:
+    """The ModelConfig of a MiniMind2 ``config.json`` (its ``MiniMindConfig`` fields and defaults), and notes
+    on what is not carried over. ``tied``: whether the weights share the embedding and the LM head."""
+    problems, notes = [], []
+    if d.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act={d['hidden_act']!r} (mmlab's SwiGLU uses 'silu')")
+    hidden = d.get("hidden_size", 512)
+    n_heads = d.get("num_attention_heads", 8)
+    n_kv = d.get("num_key_value_heads", 2)
+    for key, value in (("hidden_size", hidden), ("num_attention_heads", n_heads), ("num_key_value_heads", n_kv)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{key}={value!r} must be a positive integer")
+    head_dim = d.get("head_dim") or hidden // n_heads
+    if head_dim * n_heads != hidden:
+        problems.append(f"head_dim={head_dim} != hidden_size / num_attention_heads")
+    if d.get("inference_rope_scaling") or d.get("rope_scaling"):
+        notes.append("rope scaling (MiniMind's inference_rope_scaling, its own YaRN variant) is not reproduced: "
+                     "positions up to the training length are exact, longer ones differ")
+    if problems:
+        raise ConfigError("this MiniMind model cannot be loaded as an mmlab model: " + "; ".join(problems))
+    moe = {}
+    if d.get("use_moe"):
+        if d.get("scoring_func", "softmax") != "softmax":
+            raise ConfigError(f"scoring_func={d['scoring_func']!r} (mmlab's router is a softmax)")
+        moe = {"n_experts": int(d.get("n_routed_experts", 4)),
+               "n_experts_per_tok": int(d.get("num_experts_per_tok", 2)),
+               "n_shared_experts": int(d.get("n_shared_experts", 1)),
+               "moe_norm_topk": bool(d.get("norm_topk_prob", True)),
+               "moe_aux_loss_coef": float(d.get("aux_loss_alpha", 0.1))}
+    cfg = ModelConfig(
+        vocab_size=int(d.get("vocab_size", 6400)), hidden_size=hidden, n_layers=int(d.get("num_hidden_layers", 8)),
+        n_heads=n_heads, n_kv_heads=None if n_kv == n_heads else n_kv,
+        ffn_size=int(d.get("intermediate_size") or minimind_ffn_size(hidden)),
+        max_seq_len=int(d.get("max_position_embeddings", 32768)), norm_eps=float(d.get("rms_norm_eps", 1e-5)),
+        rope_theta=float(d.get("rope_theta", 1e6)), tie_embeddings=tied, dropout=float(d.get("dropout", 0.0)),
+        name=str(d.get("_name_or_path") or "minimind"), **moe)
+    return cfg, notes
+
+
+def from_minimind_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Rename a MiniMindForCausalLM state dict to mmlab's names (MoE layers included)."""
+    dense, out = {}, {}
+    for name, tensor in state.items():
+        for pattern, target in _MOE_NAMES:
+            if pattern.fullmatch(name):
+                out[pattern.sub(target, name)] = tensor
+                break
+        else:
+            dense[name] = tensor
+    return from_hf_state_dict(dense, cfg) | out
