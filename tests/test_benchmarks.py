@@ -86,3 +86,14 @@ def test_tokenize_scale_benchmark_small_and_readme_figures(tmp_path):
     big = max(committed["runs"], key=lambda r: r["corpus_mb"])
     readme = (ROOT / "README.md").read_text()
     assert f"took {big['seconds']:.0f} s at a peak RSS of {big['peak_rss_mb']:.0f} MB" in readme
+
+
+def test_gpu_pretrain_benchmark_smoke_on_cpu():
+    """The GPU benchmark's code path (the minimind-26m preset, BPE 6400 on generated text), 3 CPU steps."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_pretrain.py"), "--smoke"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["vocab_size"] == 6400 and report["steps"] == 3 and report["tokens_per_s"] > 0
+    assert report["train_flops_per_token"] > 6 * 20e6  # a 26M model: over 6 FLOPs per parameter per token
+    assert report["mfu_vs_spec"] is None and report["device"] == "cpu"

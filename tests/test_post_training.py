@@ -348,15 +348,54 @@ def test_speedrun_every_stage_loads_the_last_and_writes_a_report_card(tmp_path, 
 
 
 def test_minimind_26m_speedrun_path_runs_a_few_steps_on_cpu(tmp_path, mirror_file, monkeypatch):
-    """The GPU preset's code path (26M model, BPE 6400, every stage), a few tiny steps on CPU."""
+    """The GPU preset's code path (26M model, BPE 6400, every stage), a few tiny steps on CPU, on MiniMind's
+    files found in the mirror (hf/<repo>/<file>, small stand-ins in the real formats)."""
+    from mmlab.data.registry import get_dataset
     from mmlab.speedrun import speedrun
 
-    monkeypatch.setenv("MMLAB_DATA_MIRROR", str(mirror_file("tinystories_train_head2MiB.txt").parent))
+    mirror = tmp_path / "mirror"
+    files = _minimind_files(tmp_path)
+    for name, key in (("minimind-pretrain", "pretrain"), ("minimind-sft", "sft"), ("minimind-dpo", "dpo")):
+        ds = get_dataset(name)
+        (mirror / "hf" / ds.repo_id).mkdir(parents=True, exist_ok=True)
+        (mirror / "hf" / ds.repo_id / ds.filename).write_bytes(files[key].read_bytes())
+    monkeypatch.setenv("MMLAB_DATA_MIRROR", str(mirror))
     monkeypatch.setenv("MMLAB_DATA_DIR", str(tmp_path / "cache"))
     small = {"dtype": "fp32", "compile": False, "device": "cpu", "batch_size": 2, "block_size": 48}
     card = speedrun(tmp_path / "run", "minimind-26m", scale=0.0005, overrides=small, log=lambda *_: None)
     assert card["preset"] == "minimind-26m" and set(card["eval"]["stages"]) == {"pretrain", "sft", "dpo", "grpo"}
     assert load_model(tmp_path / "run" / "grpo").cfg.hidden_size == 512
+    stages = card["stages"]
+    assert (stages["pretrain"]["corpus"], stages["sft"]["data"], stages["dpo"]["data"]) == (
+        "minimind-pretrain", "minimind-sft", "minimind-dpo")
+
+
+def test_gpu_presets_state_their_token_budget(capsys):
+    from mmlab.cli import main
+    from mmlab.speedrun import get_speedrun_preset, plan
+
+    for name, params, tokens in (("minimind-26m", 25_829_888, 491_520_000), ("minimind-104m", 104_030_976,
+                                                                            983_040_000)):
+        p, r = get_speedrun_preset(name), plan(name, sustained_tflops=50)
+        assert (r["params"], r["tokens"]) == (params, tokens) and p.pretrain["dtype"] == "bf16"
+        assert p.pretrain["compile"] and p.model.attn_impl == "sdpa" and p.pretrain["device"] == "auto"
+        assert r["hours"] == pytest.approx(r["flops"] / 50e12 / 3600)
+        for stage in ("pretrain", "sft", "dpo", "grpo"):  # every stage's settings are a valid TrainConfig
+            TrainConfig(out_dir="x", **getattr(p, stage))
+    # the README's budget table is plan()'s
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("<!-- readme:gpu-plan -->")[1].strip().splitlines()[2:4]
+    for row in table:
+        name, params, tokens, per_param, flops, hours = [c.strip() for c in row.strip("|").split("|")]
+        r = plan(name, sustained_tflops=50)
+        assert (params, tokens, per_param, flops, hours) == (
+            f"{r['params']:,}", f"{r['tokens'] / 1e9:.2f}B", f"{r['tokens_per_param']:.1f}", f"{r['flops']:.2e}",
+            f"{r['hours']:.1f}"), row
+    assert main(["speedrun", "--preset", "minimind-104m", "--plan", "--tflops", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "104,030,976 parameters" in out and "0.98B tokens" in out and "hours of pretraining" in out
 
 
 def test_real_preference_data_loads_and_counts_its_identical_pairs(mirror_file, monkeypatch):

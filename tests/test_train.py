@@ -165,6 +165,41 @@ def test_ddp_with_two_processes_matches_one_process(tmp_path, run_env):
     assert one[-1] < one[0]
 
 
+def test_ddp_streams_one_tokenizer_and_one_set_of_shards(tmp_path, run_env):
+    """Under torchrun a streamed corpus is tokenized once: rank 0 trains the BPE and builds the shards, the
+    other ranks get the same tokenizer and reuse them, and the run matches one process's."""
+    env, _ = run_env
+    config = tmp_path / "no_dropout.json"
+    get_preset("nano", vocab_size=300).to_json(config)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(2):
+        (corpus / f"part{i}.txt").write_text("".join(f"Story {i}-{j}: the fox saw a {w} and ran home.\n<|endoftext|>\n"
+                                                     for j in range(300) for w in ("cat", "tree")))
+    common = ["--config", str(config), "--data", str(corpus), "--tokenizer", "bpe", "--block-size", "32",
+              "--max-iters", "8", "--log-interval", "1", "--eval-interval", "8", "--eval-batches", "2",
+              "--warmup-iters", "2", "--lr", "3e-3"]
+    train = [sys.executable, "-m", "mmlab.cli", "train", "pretrain"]
+    single = subprocess.run([*train, *common, "--out", str(tmp_path / "single"), "--batch-size", "8"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    env2 = {**env, "MMLAB_DATA_DIR": str(tmp_path / "cache2")}  # a fresh cache: the ranks build it themselves
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    ddp = subprocess.run([*torchrun, "-m", "mmlab.cli", "train", "pretrain", *common, "--out", str(tmp_path / "ddp"),
+                          "--batch-size", "4"], env=env2, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    assert len(list((tmp_path / "cache2").glob("shards/*/manifest.json"))) == 1
+
+    def losses(run):
+        records = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in records if "loss" in r]
+
+    one, two = losses("single"), losses("ddp")
+    assert len(one) == len(two) == 8
+    for a, b in zip(one, two):
+        assert a == pytest.approx(b, rel=1e-4)
+
+
 def test_an_existing_run_is_never_overwritten(tmp_path, run_env):
     env, config = run_env
     first = subprocess.run(_train_cmd(tmp_path / "run", config, "--max-iters", "5"), env=env, capture_output=True,

@@ -321,12 +321,26 @@ def _cmd_train_distill(args: argparse.Namespace) -> int:
 
 
 def _cmd_speedrun(args: argparse.Namespace) -> int:
-    from mmlab.speedrun import speedrun
+    from mmlab.speedrun import get_speedrun_preset, plan, speedrun
 
+    if args.plan:
+        get_speedrun_preset(args.preset)
+        r = plan(args.preset, args.tflops)
+        tokens = f"{r['tokens'] / 1e9:.2f}B" if r["tokens"] >= 1e8 else f"{r['tokens'] / 1e6:.1f}M"
+        print(f"{r['preset']}: {r['params']:,} parameters; pretraining {r['steps']:,} steps x {r['tokens_per_step']:,} "
+              f"tokens = {tokens} tokens ({r['tokens_per_param']:.1f} per parameter: {r['budget_note']})")
+        corpus = (f"the first of {', '.join(r['corpora'])} that is local (or, with --download, fetchable)"
+                  if r["corpora"] else "tinystories-train-2mib")
+        print(f"  {r['flops_per_token'] / 1e6:.0f} MFLOP per token, {r['flops']:.2e} FLOP in all; {r['dtype']}, "
+              f"torch.compile {'on' if r['compile'] else 'off'}; corpus: {corpus}")
+        if "hours" in r:
+            print(f"  at a sustained {r['sustained_tflops']:g} TFLOP/s: about {r['hours']:.1f} hours of pretraining "
+                  "(an estimate; measure yours: benchmarks/gpu_pretrain.py)")
+        return 0
     overrides = {k: v for k, v in (("dtype", args.dtype), ("device", args.device),
                                    ("compile", False if args.no_compile else None)) if v is not None}
     card = speedrun(args.out, preset=args.preset, from_stage=getattr(args, "from"), overwrite=args.overwrite,
-                    scale=args.scale, overrides=overrides)
+                    scale=args.scale, overrides=overrides, download=args.download)
     print(f"\nreport card: {Path(args.out) / 'report.md'} ({card['total_minutes']:.1f} minutes in all)")
     print((Path(args.out) / "report.md").read_text())
     return 0
@@ -774,7 +788,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per stage, losses, and every stage's held-out exact match on the verifiable tasks. "
                                    "The laptop preset is sized for 2 CPU cores; the card records each stage's wall "
                                    "time.")
-    p.add_argument("--preset", default="laptop", help="laptop (default) or minimind-26m (for a GPU)")
+    p.add_argument("--preset", default="laptop", choices=["laptop", "minimind-26m", "minimind-104m"],
+                   help="laptop (default; 2 CPU cores), minimind-26m or minimind-104m (one or more GPUs)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch the preset's real corpora from the Hugging Face hub when they are not local (GBs)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the preset's token budget, steps and FLOPs (and, with --tflops, hours), then stop")
+    p.add_argument("--tflops", type=float, default=None,
+                   help="with --plan: the sustained bf16 TFLOP/s your GPU reaches, for a time estimate")
     p.add_argument("--out", default="runs/speedrun", help="folder for the stages and the report")
     p.add_argument("--from", default="pretrain", choices=["pretrain", "sft", "dpo", "grpo", "eval"],
                    help="re-run from this stage on, reusing the earlier stages' checkpoints")

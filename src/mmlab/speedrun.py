@@ -38,6 +38,20 @@ class SpeedrunPreset:
     dpo_beta: float = 0.1
     heldout: int = 200  # task prompts for the evaluation
     sft_conversations: int = 40_000  # synthetic task conversations for SFT (enough not to repeat them for epochs)
+    # real data, tried in order before the fallback: the first one present (or, with download=True, fetchable)
+    corpora: tuple[str, ...] = ()
+    sft_data: tuple[str, ...] = ()
+    dpo_data: tuple[str, ...] = ()
+    budget_note: str = ""  # why the pretraining token budget is what it is
+
+    @property
+    def tokens_per_step(self) -> int:
+        t = self.pretrain
+        return t["batch_size"] * t.get("block_size", self.model.max_seq_len) * t.get("grad_accum", 1)
+
+    @property
+    def pretrain_tokens(self) -> int:
+        return self.tokens_per_step * self.pretrain["max_iters"]
 
 
 def _laptop() -> SpeedrunPreset:
@@ -60,28 +74,72 @@ def _laptop() -> SpeedrunPreset:
         grpo=common | {"max_iters": 300, "batch_size": 8, "block_size": 256, "lr": 3e-5, "warmup_iters": 10,
                        "eval_interval": 300, "weight_decay": 0.0, "log_interval": 10},
         grpo_options={"group_size": 8, "kl_coef": 0.04, "max_new_tokens": 12},
+        budget_note="2 MiB of TinyStories seen many times over: sized for 2 CPU cores, not for a good model",
     )
+
+
+# The GPU presets: bf16 autocast, SDPA (flash attention where the GPU has it), torch.compile, and batches sized
+# for a 24 GB card; the same command under `torchrun --nproc_per_node N` trains data-parallel (each rank takes
+# batch_size rows, so N GPUs see N times the tokens per step and finish the budget in 1/N of the steps' time).
+_GPU = {"eval_batches": 20, "log_interval": 50, "seed": 1337, "device": "auto", "dtype": "bf16", "compile": True}
+_REAL_CORPORA = ("minimind-pretrain", "tinystories-v2-train", "fineweb-edu-sample")
+
+
+def _gpu_preset(name: str, model: ModelConfig, pretrain: dict[str, Any], sft_steps: int, about: str,
+                budget_note: str) -> SpeedrunPreset:
+    post = {"batch_size": 32, "block_size": 512, "weight_decay": 0.0}
+    return SpeedrunPreset(
+        name=name, about=about, model=model, corpus="tinystories-train-2mib",
+        pretrain=_GPU | {"block_size": 512, "schedule": "wsd", "eval_interval": 1000} | pretrain,
+        sft=_GPU | post | {"max_iters": sft_steps, "lr": 3e-4, "warmup_iters": 100, "eval_interval": 500},
+        dpo=_GPU | post | {"max_iters": 500, "batch_size": 16, "lr": 1e-5, "warmup_iters": 20, "eval_interval": 100,
+                           "compile": False},
+        grpo=_GPU | post | {"max_iters": 300, "batch_size": 16, "lr": 1e-5, "warmup_iters": 10, "eval_interval": 300,
+                            "log_interval": 10, "compile": False},
+        grpo_options={"group_size": 8, "kl_coef": 0.04, "max_new_tokens": 16},
+        corpora=_REAL_CORPORA, sft_data=("minimind-sft",), dpo_data=("minimind-dpo",), budget_note=budget_note)
 
 
 def _minimind_26m() -> SpeedrunPreset:
-    common = {"eval_batches": 20, "log_interval": 50, "seed": 1337, "device": "auto", "dtype": "bf16",
-              "compile": True}
-    return SpeedrunPreset(
-        name="minimind-26m", about="MiniMind's 26M model, BPE 6400 (for a GPU)",
-        model=get_preset("minimind-26m"), corpus="tinystories-train-2mib",
-        pretrain=common | {"max_iters": 6000, "batch_size": 32, "block_size": 512, "lr": 1e-3, "warmup_iters": 200,
-                           "schedule": "wsd", "eval_interval": 500},
-        sft=common | {"max_iters": 1500, "batch_size": 32, "block_size": 512, "lr": 3e-4, "warmup_iters": 50,
-                      "eval_interval": 250, "weight_decay": 0.0},
-        dpo=common | {"max_iters": 500, "batch_size": 16, "block_size": 512, "lr": 1e-4, "warmup_iters": 20,
-                      "eval_interval": 100, "weight_decay": 0.0, "compile": False},
-        grpo=common | {"max_iters": 300, "batch_size": 16, "block_size": 512, "lr": 1e-4, "warmup_iters": 10,
-                       "eval_interval": 300, "weight_decay": 0.0, "log_interval": 10, "compile": False},
-        grpo_options={"group_size": 8, "kl_coef": 0.04, "max_new_tokens": 16},
-    )
+    # 64 x 512 tokens a step, 15,000 steps: 0.49B tokens, about 19 per parameter (Chinchilla's ~20)
+    return _gpu_preset(
+        "minimind-26m", get_preset("minimind-26m"),
+        {"max_iters": 15_000, "batch_size": 64, "lr": 1e-3, "warmup_iters": 500},
+        sft_steps=3000, about="MiniMind's 26M model, BPE 6400, on real corpora (for one GPU)",
+        budget_note="about 20 tokens per parameter, Chinchilla's compute-optimal ratio (MiniMind's own recipe is "
+                    "one epoch over its pretraining file)")
 
 
-PRESETS = {"laptop": _laptop, "minimind-26m": _minimind_26m}
+def _minimind_104m() -> SpeedrunPreset:
+    # 32 x 512 x 2 accumulated = 32,768 tokens a step, 30,000 steps: 0.98B tokens
+    return _gpu_preset(
+        "minimind-104m", get_preset("minimind-104m"),
+        {"max_iters": 30_000, "batch_size": 32, "grad_accum": 2, "lr": 6e-4, "warmup_iters": 1000},
+        sft_steps=5000, about="MiniMind's 104M model (16 x 768), BPE 6400, on real corpora (for one GPU)",
+        budget_note="about 9 tokens per parameter: under Chinchilla's 20 (2B tokens) to keep one GPU's run "
+                    "within a working day; raise max_iters to train longer")
+
+
+PRESETS = {"laptop": _laptop, "minimind-26m": _minimind_26m, "minimind-104m": _minimind_104m}
+
+
+def plan(name: str, sustained_tflops: float | None = None) -> dict[str, Any]:
+    """What a preset's pretraining will do: tokens, steps, FLOPs, and (given the sustained bf16 TFLOP/s a GPU
+    reaches on this model) the hours it takes. The hours are an estimate, not a measurement."""
+    from mmlab.model.summary import flops_per_token, param_breakdown
+
+    p = get_speedrun_preset(name)
+    block = p.pretrain.get("block_size", p.model.max_seq_len)
+    fpt = flops_per_token(p.model, context=block)["train"]  # 3 x forward; attention at the full context
+    params = sum(param_breakdown(p.model).values())
+    out = {"preset": name, "params": params, "tokens_per_step": p.tokens_per_step, "steps": p.pretrain["max_iters"],
+           "tokens": p.pretrain_tokens, "tokens_per_param": p.pretrain_tokens / params, "flops_per_token": fpt,
+           "flops": fpt * p.pretrain_tokens, "budget_note": p.budget_note, "corpora": list(p.corpora),
+           "dtype": p.pretrain.get("dtype"), "compile": p.pretrain.get("compile", False)}
+    if sustained_tflops:
+        out["sustained_tflops"] = sustained_tflops
+        out["hours"] = out["flops"] / (sustained_tflops * 1e12) / 3600
+    return out
 
 
 def get_speedrun_preset(name: str) -> SpeedrunPreset:
@@ -104,20 +162,36 @@ def _scaled(train: dict[str, Any], scale: float) -> dict[str, Any]:
     return out
 
 
-def _reachable(corpus: str) -> bool:
-    from mmlab.data.registry import DataError, dataset_path
+def _reachable(corpus: str, download: bool = False, log=print) -> bool:
+    from mmlab.data.registry import DataError, HubFile, dataset_path, get_dataset
 
     try:
         dataset_path(corpus, download=False)
         return True
     except DataError:
+        if not download:
+            return False
+    ds = get_dataset(corpus)
+    log(f"downloading {corpus} ({ds.approx_size if isinstance(ds, HubFile) else f'{ds.size:,} B'})")
+    try:
+        dataset_path(corpus, download=True)
+        return True
+    except DataError as e:
+        log(f"note: {e}")
         return False
 
 
+def _first_reachable(candidates: tuple[str, ...], fallback: str, download: bool, log) -> str:
+    return next((c for c in candidates if _reachable(c, download, log)), fallback)
+
+
 def speedrun(out: str | Path, preset: str = "laptop", from_stage: str = "pretrain", overwrite: bool = False,
-             scale: float = 1.0, overrides: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
+             scale: float = 1.0, overrides: dict[str, Any] | None = None, log=print,
+             download: bool = False) -> dict[str, Any]:
     """Run the pipeline into ``out``; returns the report card's data (also ``<out>/report.json``).
-    ``overrides``: TrainConfig fields applied to every stage (e.g. ``{"dtype": "fp32", "compile": False}``)."""
+    ``overrides``: TrainConfig fields applied to every stage (e.g. ``{"dtype": "fp32", "compile": False}``).
+    The GPU presets train on the first of their real corpora that is in the cache or mirror (``download``: or
+    that can be fetched), SFT and DPO on MiniMind's files likewise; otherwise on the built-in data."""
     from mmlab.train.config import TrainConfig
     from mmlab.train.dpo import SYNTHETIC_PAIRS, dpo
     from mmlab.train.grpo import grpo
@@ -139,10 +213,17 @@ def speedrun(out: str | Path, preset: str = "laptop", from_stage: str = "pretrai
         if stage != "eval" and (out / stage / "ckpt").exists() and not overwrite:
             raise MMLabError(f"{out / stage} already holds a run; pass --overwrite to replace the stages from "
                              f"{from_stage} on (earlier stages are kept), or choose another --out")
-    corpus = p.corpus if _reachable(p.corpus) else "synthetic-stories"
-    if corpus != p.corpus:
+    corpus = _first_reachable(p.corpora, p.corpus, download, log) if "pretrain" in todo else p.corpus
+    if corpus == p.corpus and not _reachable(p.corpus):
+        corpus = "synthetic-stories"
+    if p.corpora and corpus not in p.corpora and "pretrain" in todo:
+        log(f"note: none of {', '.join(p.corpora)} is in the cache or the mirror (`mmlab data download NAME`, or "
+            f"--download); pretraining on {corpus}, a small corpus: the model will not get far")
+    elif corpus == "synthetic-stories":
         log(f"note: {p.corpus} is not reachable (no cache, no MMLAB_DATA_MIRROR); pretraining on the built-in "
             "synthetic-stories corpus instead")
+    sft_data = _first_reachable(p.sft_data, SYNTHETIC_TASKS, download, log) if "sft" in todo else SYNTHETIC_TASKS
+    dpo_data = _first_reachable(p.dpo_data, SYNTHETIC_PAIRS, download, log) if "dpo" in todo else SYNTHETIC_PAIRS
     extra = overrides or {}
 
     def cfg(stage: str, train: dict[str, Any]) -> TrainConfig:
@@ -161,13 +242,15 @@ def speedrun(out: str | Path, preset: str = "laptop", from_stage: str = "pretrai
             record("pretrain", t0, corpus=corpus, steps=result.steps, final_val_loss=result.final_val_loss,
                    tokens_seen=result.tokens_seen)
         elif stage == "sft":
-            run = sft(out / "pretrain", SYNTHETIC_TASKS, cfg("sft", p.sft), overwrite=overwrite, evaluate=False,
-                      n_synthetic=max(100, int(p.sft_conversations * scale)))
-            record("sft", t0, data=SYNTHETIC_TASKS, steps=run.result.steps, final_val_loss=run.result.final_val_loss)
+            run = sft(out / "pretrain", sft_data, cfg("sft", p.sft), overwrite=overwrite, evaluate=False,
+                      n_synthetic=max(100, int(p.sft_conversations * scale)),
+                      val_fraction=0.1 if sft_data == SYNTHETIC_TASKS else 0.01)
+            record("sft", t0, data=sft_data, steps=run.result.steps, final_val_loss=run.result.final_val_loss)
         elif stage == "dpo":
-            r = dpo(out / "sft", SYNTHETIC_PAIRS, cfg("dpo", p.dpo), beta=p.dpo_beta, overwrite=overwrite,
-                    n_generate=max(5, int(100 * scale)), max_val_pairs=max(8, int(300 * scale)))
-            record("dpo", t0, data=SYNTHETIC_PAIRS, steps=r["steps"], before=_numbers(r["before"]),
+            r = dpo(out / "sft", dpo_data, cfg("dpo", p.dpo), beta=p.dpo_beta, overwrite=overwrite,
+                    n_generate=max(5, int(100 * scale)), max_val_pairs=max(8, int(300 * scale)),
+                    val_fraction=0.1 if dpo_data == SYNTHETIC_PAIRS else 0.01)
+            record("dpo", t0, data=dpo_data, steps=r["steps"], before=_numbers(r["before"]),
                    after=_numbers(r["after"]))
         elif stage == "grpo":
             r = grpo(out / "dpo", cfg("grpo", p.grpo), overwrite=overwrite, n_heldout=max(5, int(100 * scale)),

@@ -141,10 +141,44 @@ def stream_tokenizer(spec: str, files: list[Path], vocab_size: int) -> Tokenizer
     return load_tokenizer(spec)
 
 
+def _shared(dist: Any, make: Any) -> Tokenizer:
+    """``make()`` on rank 0, the same tokenizer on every rank (sent as its saved file): ranks that trained their
+    own could disagree, and then read different token ids from differently keyed shards."""
+    if not dist.enabled:
+        return make()
+    import tempfile
+
+    import torch.distributed as torch_dist
+
+    payload: list[Any] = [None]
+    if dist.is_main:
+        tok = make()
+        with tempfile.TemporaryDirectory() as d:
+            path = tok.save(d)
+            payload = [(path.name, path.read_text(encoding="utf-8"))]
+    torch_dist.broadcast_object_list(payload, src=0)
+    if dist.is_main:
+        return tok
+    name, text = payload[0]
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / name).write_text(text, encoding="utf-8")
+        return load_tokenizer(d)
+
+
 def prepare_stream(data: str, tok_spec: str | Tokenizer, cfg: ModelConfig, train_cfg: TrainConfig, block: int,
                    saved_key: str | None = None) -> tuple[Tokenizer, ShardWindows]:
+    from mmlab.train import distributed
+
     files = resolve_sources(data)
-    tok = tok_spec if not isinstance(tok_spec, str) else stream_tokenizer(tok_spec, files, cfg.vocab_size)
+    dist = distributed.setup()  # under torchrun: rank 0 trains the tokenizer and builds the shards, then the rest
+    if dist.enabled:
+        dist.device(train_cfg.device)  # nccl's collectives need each rank's own GPU
+    if isinstance(tok_spec, str):
+        tok = _shared(dist, lambda: stream_tokenizer(tok_spec, files, cfg.vocab_size))
+    else:
+        tok = tok_spec
+    if dist.enabled and not dist.is_main:
+        dist.barrier()  # wait for rank 0's shards, then open (reuse) them
     t0 = time.perf_counter()
 
     def report(p: dict) -> None:
@@ -153,6 +187,8 @@ def prepare_stream(data: str, tok_spec: str | Tokenizer, cfg: ModelConfig, train
                   f"{p['shards']} shards, {p['reused']} reused; {p['encoder']})", file=sys.stderr, flush=True)
 
     corpus = build_shards(files, tok, val_fraction=train_cfg.val_fraction, progress=report)
+    if dist.enabled and dist.is_main:
+        dist.barrier()
     if saved_key is not None and corpus.key != saved_key:
         raise MMLabError(f"the corpus {data!r} changed since {train_cfg.out_dir} was trained on it (its files' "
                          "sha256 differ); resuming would change the run")
