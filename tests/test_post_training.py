@@ -361,7 +361,9 @@ def test_minimind_26m_speedrun_path_runs_a_few_steps_on_cpu(tmp_path, mirror_fil
         (mirror / "hf" / ds.repo_id / ds.filename).write_bytes(files[key].read_bytes())
     monkeypatch.setenv("MMLAB_DATA_MIRROR", str(mirror))
     monkeypatch.setenv("MMLAB_DATA_DIR", str(tmp_path / "cache"))
-    small = {"dtype": "fp32", "compile": False, "device": "cpu", "batch_size": 2, "block_size": 48}
+    # val_fraction: the stand-in corpus has 80 records, too few for the preset's 0.5% held out
+    small = {"dtype": "fp32", "compile": False, "device": "cpu", "batch_size": 2, "block_size": 48,
+             "val_fraction": 0.1}
     card = speedrun(tmp_path / "run", "minimind-26m", scale=0.0005, overrides=small, log=lambda *_: None)
     assert card["preset"] == "minimind-26m" and set(card["eval"]["stages"]) == {"pretrain", "sft", "dpo", "grpo"}
     assert load_model(tmp_path / "run" / "grpo").cfg.hidden_size == 512

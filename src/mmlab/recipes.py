@@ -38,6 +38,11 @@ class Recipe:
     budget_minutes: float = 30.0
     target_val_loss: float | None = None  # the loss the recipe promises on the whole val split
     references: dict[str, float] = field(default_factory=dict)  # label -> val loss, drawn on the plot
+    # a corpus too large for memory is streamed into shards, and measured on another corpus (its own valid
+    # split), at most eval_chars of it
+    eval_data: str | None = None
+    eval_chars: int | None = None
+    needs: str = ""  # what a full run needs that this project's machines may not have (then no results)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(name=self.name, **self.model)
@@ -91,6 +96,25 @@ RECIPES: dict[str, Recipe] = {
             prompts=("Once upon a time", "Tom and Lily went to the park.", "One day, a little bird"),
             sample_tokens=160,
         ),
+        Recipe(
+            name="tinystories-full-bpe",
+            summary="all of TinyStories V2 (~2.2 GB, streamed into shards), the same model and 2,048-token BPE",
+            data="tinystories-v2-train",
+            tokenizer="bpe",
+            model=dict(vocab_size=2048, hidden_size=256, n_layers=4, n_heads=4, max_seq_len=256, rope_theta=1e4,
+                       dropout=0.0, attn_dropout=0.0),
+            # the same 1,200 steps of 8,192 tokens as tinystories-bpe, now a small part of one epoch: every
+            # batch is new text, so neither dropout nor keep_best is needed; val_fraction is small because the
+            # measurement uses the official validation split
+            train=dict(max_iters=1200, batch_size=32, block_size=256, lr=2e-3, min_lr=2e-4, warmup_iters=100,
+                       schedule="cosine", weight_decay=0.1, beta2=0.99, grad_clip=1.0, eval_interval=100,
+                       eval_batches=20, log_interval=25, dtype="bf16", compile=True, val_fraction=0.001),
+            prompts=("Once upon a time", "Tom and Lily went to the park.", "One day, a little bird"),
+            sample_tokens=160,
+            eval_data="tinystories-v2-valid",
+            eval_chars=4 << 20,
+            needs="the full TinyStories V2 (`mmlab data download tinystories-v2-train tinystories-v2-valid`, ~2.2 GB)",
+        ),
     ]
 }
 
@@ -120,7 +144,9 @@ def run_recipe(name: str, out: str, overwrite: bool = False, max_iters: int | No
     and its plot. ``max_iters`` shortens the run (a smoke test) and ``train_overrides`` change TrainConfig
     fields (e.g. ``dtype="fp32", compile=False`` on a machine without bf16 units): such a run is not the
     recipe, and its results say so (mode ``smoke``)."""
-    from mmlab.data.corpus import load_corpus
+    import numpy as np
+
+    from mmlab.data.corpus import Corpus, load_corpus
     from mmlab.data.pretrain import PretrainData, tokenize_corpus
     from mmlab.infer.sample import sample_text
     from mmlab.lab.runtime import Experiment
@@ -152,9 +178,23 @@ def run_recipe(name: str, out: str, overwrite: bool = False, max_iters: int | No
     tok = load_checkpoint_tokenizer(weights)
     exp.metric("evaluated_step", result.best_step if cfg.keep_best else result.steps)
     exp.metric("weights", weights.name)  # "best" or "ckpt", inside the run folder
-    corpus = load_corpus(recipe.data, seed=cfg.seed)
-    data = PretrainData.from_tokens(tokenize_corpus(corpus, tok), cfg.val_fraction, cfg.block_size, corpus.source)
-    val = data.val if full else data.val[: 4 * cfg.block_size + 1]  # a smoke run only checks the plumbing
+    if recipe.eval_data:  # a streamed corpus: measured on its own validation file (the first eval_chars)
+        held = load_corpus(recipe.eval_data, seed=cfg.seed)
+        docs, size = [], 0
+        for doc in held.documents:
+            if recipe.eval_chars is not None and size >= recipe.eval_chars:
+                break
+            docs.append(doc)
+            size += len(doc)
+        ids = tokenize_corpus(Corpus(held.name, docs, held.source), tok)
+        val = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        train_tokens = None
+    else:
+        corpus = load_corpus(recipe.data, seed=cfg.seed)
+        data = PretrainData.from_tokens(tokenize_corpus(corpus, tok), cfg.val_fraction, cfg.block_size,
+                                        corpus.source)
+        val, train_tokens = data.val, len(data.train)
+    val = val if full else val[: 4 * cfg.block_size + 1]  # a smoke run only checks the plumbing
     exp.log(f"evaluating on {'the whole val split' if full else 'the start of the val split'} ({len(val):,} tokens)")
     measured = split_loss(model, val, tok, cfg.block_size)
     val_loss, bpb = measured.loss, measured.bits_per_byte
@@ -170,7 +210,8 @@ def run_recipe(name: str, out: str, overwrite: bool = False, max_iters: int | No
     exp.metric("train_minutes", train_s / 60)
     exp.metric("wall_minutes", wall_s / 60)
     exp.metric("tokens_per_s", result.tokens_seen / max(train_s, 1e-9))
-    exp.metric("epochs", result.tokens_seen / len(data.train))
+    epochs = [r["epoch"] for r in result.history if "epoch" in r]  # a streamed corpus: the loop counts them
+    exp.metric("epochs", result.tokens_seen / train_tokens if train_tokens else (epochs[-1] if epochs else None))
 
     evals = [r for r in result.history if "val_loss" in r]
     exp.table("curve", ["step", "train minutes", "train loss (20 batches)", "val loss (20 batches)"],
