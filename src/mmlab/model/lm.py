@@ -110,14 +110,20 @@ class MiniMindLM(nn.Module):
                 f"sequence of {start + T} tokens is longer than max_seq_len={self.cfg.max_seq_len}"
             )
         x = self.tok_emb(idx)
-        positions = torch.arange(start, start + T, device=idx.device)
-        rope = bias = None
+        # a paged cache (mmlab.infer.engine) decodes rows at different positions: (B, T) positions, and a
+        # score bias that hides each row's padding
+        positions = getattr(cache, "positions", None)
+        if positions is None:
+            positions = torch.arange(start, start + T, device=idx.device)
+        rope, bias = None, getattr(cache, "bias", None)
         if self.cfg.pos_encoding == "learned":
             x = x + self.pos_emb(positions)
         elif self.cfg.pos_encoding == "sinusoidal":
             x = x + self.pos_table[positions].to(x.dtype)
         elif self.cfg.pos_encoding == "rope":
             rope = (self.rope_cos[positions], self.rope_sin[positions])
+            if positions.dim() == 2:  # (B, T, D) -> (B, 1, T, D): one position per row and token, for every head
+                rope = (rope[0].unsqueeze(1), rope[1].unsqueeze(1))
         elif self.cfg.pos_encoding == "alibi":
             key_positions = torch.arange(start + T, device=idx.device)
             bias = alibi_bias(self.alibi_slopes, positions, key_positions)
