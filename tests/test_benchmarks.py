@@ -97,3 +97,17 @@ def test_gpu_pretrain_benchmark_smoke_on_cpu():
     assert report["vocab_size"] == 6400 and report["steps"] == 3 and report["tokens_per_s"] > 0
     assert report["train_flops_per_token"] > 6 * 20e6  # a 26M model: over 6 FLOPs per parameter per token
     assert report["mfu_vs_spec"] is None and report["device"] == "cpu"
+
+
+def test_serve_load_benchmark_quick():
+    """The load benchmark drives both engines of the real server with concurrent streaming clients."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--quick"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    runs = {(r["engine"], r["clients"]): r for r in report["results"]}
+    assert set(runs) == {(e, c) for e in ("one-at-a-time", "batched") for c in (1, 4)}
+    for r in runs.values():
+        assert r["completed"] == r["clients"] and r["rejected_429"] == 0 and r["tokens"] > 0
+        assert 0 < r["ttft_p50_s"] <= r["latency_p95_s"]
+    assert report["speedup_at_max_clients"] > 0  # a figure, not a timed assertion: the full run reports it

@@ -19,7 +19,7 @@ from mmlab.config import get_preset
 from mmlab.infer.chat import ChatSession, chat, fit_history
 from mmlab.infer.completion import StopStrings
 from mmlab.infer.generate import SamplingParams
-from mmlab.infer.server import ServerConfig, make_server
+from mmlab.infer.server import BatchingEngine, ServerConfig, make_server
 from mmlab.tokenizer.chat import encode_chat
 from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model
 from mmlab.train.config import TrainConfig
@@ -53,9 +53,11 @@ def running(ckpt, **limits):
         thread.join(timeout=5)
 
 
-@pytest.fixture(scope="module")
-def server(ckpt):
-    with running(ckpt) as srv:
+@pytest.fixture(scope="module", params=[16, 1], ids=["batched", "one-at-a-time"])
+def server(ckpt, request):
+    """The batching engine (the default) and the one-request-at-a-time engine answer the same tests."""
+    with running(ckpt, batch=request.param) as srv:
+        assert isinstance(srv.engine, BatchingEngine) == (request.param > 1)
         yield srv
 
 
@@ -351,10 +353,13 @@ def test_one_log_line_per_request(server, caplog):
 def test_a_bug_in_generation_is_a_500_without_traceback_and_the_server_goes_on(server, monkeypatch, caplog):
     caplog.set_level(logging.CRITICAL, logger="mmlab.server")  # the traceback goes to the log, not to the client
 
-    def broken(job):
+    def broken(*args):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(server.engine, "_run", broken)
+    if isinstance(server.engine, BatchingEngine):
+        monkeypatch.setattr(server.engine.batcher, "step", broken)
+    else:
+        monkeypatch.setattr(server.engine, "_run", broken)
     status, _, body = chat_req(server, max_tokens=2)
     assert_api_error(status, body, 500, None, "internal_error")
     assert "secret" not in body["error"]["message"]
@@ -370,10 +375,14 @@ def test_a_bug_in_generation_is_a_500_without_traceback_and_the_server_goes_on(s
 
 def test_full_queue_answers_429_quickly(server, monkeypatch):
     gate = threading.Event()
-    run = server.engine._run
-    monkeypatch.setattr(server.engine, "_run", lambda job: (gate.wait(10), run(job)))
+    if isinstance(server.engine, BatchingEngine):  # hold the batch's first step until the server is full
+        step = server.engine.batcher.step
+        monkeypatch.setattr(server.engine.batcher, "step", lambda: (gate.wait(10), step())[1])
+    else:
+        run = server.engine._run
+        monkeypatch.setattr(server.engine, "_run", lambda job: (gate.wait(10), run(job)))
     results = []
-    admitted = server.engine.queue_size + 1
+    admitted = server.engine.capacity
     threads = [threading.Thread(target=lambda: results.append(chat_req(server, max_tokens=2, seed=1)[0]))
                for _ in range(admitted)]
     try:

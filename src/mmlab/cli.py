@@ -368,7 +368,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     serve(args.ckpt, ServerConfig(host=args.host, port=args.port, max_tokens_limit=args.max_tokens_limit,
                                   default_max_tokens=args.default_max_tokens, max_prompt_tokens=args.max_prompt_tokens,
-                                  queue=args.queue, model_name=args.model_name), device=args.device)
+                                  queue=args.queue, batch=args.batch, model_name=args.model_name),
+          device=args.device)
     return 0
 
 
@@ -818,8 +819,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server and a web chat page for a checkpoint",
                        description="Serve a checkpoint over HTTP: GET / (a chat page), GET /health, GET /v1/models, "
-                                   "POST /v1/chat/completions and /v1/completions (stream true/false). One request "
-                                   "is generated at a time; up to --queue more wait, further ones get 429.")
+                                   "POST /v1/chat/completions and /v1/completions (stream true/false). Up to --batch "
+                                   "requests are decoded together (continuous batching over a paged KV cache with "
+                                   "prefix caching); up to --queue more wait, further ones get 429.")
     p.add_argument("--ckpt", required=True, help="a checkpoint folder or a run folder holding ckpt/")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=_port, default=8000, help="port (default: 8000; 0: any free port)")
@@ -828,7 +830,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max_tokens of a request that gives none")
     p.add_argument("--max-prompt-tokens", type=_positive_int, default=None,
                    help="the longest prompt accepted (default: the model's context)")
-    p.add_argument("--queue", type=int, default=8, help="requests that may wait behind the running one (default: 8)")
+    p.add_argument("--queue", type=int, default=8, help="requests that may wait behind the running ones (default: 8)")
+    p.add_argument("--batch", type=_positive_int, default=16,
+                   help="requests decoded together (default: 16; 1: one at a time, sliding past the context)")
     p.add_argument("--model-name", default=None, help="the model id clients see (default: the run folder's name)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_serve)

@@ -216,8 +216,22 @@ class Engine:
             seed: int | None = None) -> int:
         """Queue a request; returns its id. Errors (bad ids, too long, can never fit) are raised here."""
         params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
-        params.validate()
         prompt = [int(t) for t in prompt]
+        self.check(prompt, max_new_tokens, params)
+        if len(self.waiting) >= self.max_waiting:
+            raise EngineFull(f"{len(self.waiting)} requests are already waiting")
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        req = Request(next(self._ids), prompt, max_new_tokens, params, frozenset(int(t) for t in stop_tokens),
+                      generator, tokens=list(prompt))
+        self.waiting.append(req)
+        return req.id
+
+    def check(self, prompt: Sequence[int], max_new_tokens: int, params: SamplingParams) -> None:
+        """Raise what ``add`` would raise for this request (it reads only the engine's settings: safe to call
+        from another thread)."""
+        params.validate()
         vocab, limit = self.model.cfg.vocab_size, self.model.cfg.max_seq_len
         if not prompt:
             raise MMLabError("the prompt is empty")
@@ -231,15 +245,6 @@ class Engine:
         if self._blocks_for(len(prompt) + max_new_tokens) > self.pool.n_blocks:
             raise EngineFull(f"the request needs {self._blocks_for(len(prompt) + max_new_tokens)} KV blocks; the pool "
                              f"holds {self.pool.n_blocks}")
-        if len(self.waiting) >= self.max_waiting:
-            raise EngineFull(f"{len(self.waiting)} requests are already waiting")
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        req = Request(next(self._ids), prompt, max_new_tokens, params, frozenset(int(t) for t in stop_tokens),
-                      generator, tokens=list(prompt))
-        self.waiting.append(req)
-        return req.id
 
     def cancel(self, rid: int) -> None:
         """Stop a request (a client that went away): its blocks return to the pool at once."""

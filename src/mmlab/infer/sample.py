@@ -24,21 +24,39 @@ def stop_ids(tokenizer: Tokenizer) -> list[int]:
     return [i for i in (tokenizer.token_to_id(ENDOFTEXT), tokenizer.token_to_id(IM_END)) if i is not None]
 
 
-def stream_text(tokenizer: Tokenizer, ids: Iterator[int]) -> Iterator[str]:
-    """Decoded text pieces. A byte-level token can end in the middle of a UTF-8 character, so we decode
+class TextStream:
+    """Tokens in, text out. A byte-level token can end in the middle of a UTF-8 character, so we decode
     everything so far and hold back a trailing replacement character until it completes."""
-    seen: list[int] = []
-    emitted = 0
-    for i in ids:
-        seen.append(i)
-        text = tokenizer.decode(seen)
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer, self.seen, self.emitted = tokenizer, [], 0
+
+    def push(self, token: int) -> str | None:
+        """The new text after ``token``; None while a character is incomplete."""
+        self.seen.append(token)
+        text = self.tokenizer.decode(self.seen)
         if text.endswith("\ufffd"):
-            continue
-        yield text[emitted:]
-        emitted = len(text)
-    text = tokenizer.decode(seen) if seen else ""
-    if len(text) > emitted:
-        yield text[emitted:]
+            return None
+        out, self.emitted = text[self.emitted:], len(text)
+        return out
+
+    def flush(self) -> str:
+        """What was held back, once no token follows."""
+        text = self.tokenizer.decode(self.seen) if self.seen else ""
+        out, self.emitted = text[self.emitted:], max(self.emitted, len(text))
+        return out
+
+
+def stream_text(tokenizer: Tokenizer, ids: Iterator[int]) -> Iterator[str]:
+    """Decoded text pieces of ``ids`` as they come (see ``TextStream``)."""
+    stream = TextStream(tokenizer)
+    for i in ids:
+        piece = stream.push(i)
+        if piece is not None:
+            yield piece
+    tail = stream.flush()
+    if tail:
+        yield tail
 
 
 def sample_text(

@@ -10,23 +10,29 @@ two extensions OpenAI does not have, top_k and repetition_penalty.
 
 How it is built, and why:
   * ``ThreadingHTTPServer`` gives every connection a thread, which is all an HTTP front end needs.
-  * The model lives in one worker thread (``Engine``) that generates one request at a time. A CPU
-    decoder is compute-bound, so running requests side by side would only make each one slower; one
-    at a time also means nobody else ever touches the model or its KV cache. Requests wait in a
-    bounded queue; when it is full the server answers 429 at once rather than letting waits grow.
+  * The model lives in one worker thread, so nobody else ever touches it or its KV cache. By default
+    that thread runs ``BatchingEngine``: up to ``batch`` requests decode together in one forward pass
+    per step (continuous batching over a paged KV cache with prefix caching, ``infer/engine.py``). An
+    earlier version of this server generated one request at a time (``Engine``, still ``--batch 1``),
+    on the argument that a CPU decoder is compute-bound; that turned out false for small models, where
+    a decode step is dominated by per-step overhead and weight reads, so a batch of 16 costs little more
+    than one sequence (``benchmarks/serve_load.py`` measures it). Requests wait in a bounded queue; when it
+    is full the server answers 429 at once rather than letting waits grow.
   * The worker writes text pieces into a per-request queue and the connection's thread sends them,
     so a slow or vanished client never holds up the model: a failed write cancels the request, and
     the worker drops it at its next token.
   * Every error a client can cause is a 4xx JSON body in OpenAI's shape
     ``{"error": {"message", "type", "param", "code"}}``; a bug is a 500 with no traceback sent (it is logged).
 
-Prompts longer than the model's context (or ``max_prompt_tokens``) are refused. A reply may run past the
-context: generation then slides a window over the last ``max_seq_len`` tokens (see ``infer/generate.py``).
+Prompts longer than the model's context (or ``max_prompt_tokens``) are refused. A batched reply ends when
+it fills the context (finish reason "length"); one at a time, a reply may run past it: generation then
+slides a window over the last ``max_seq_len`` tokens (see ``infer/generate.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -43,11 +49,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mmlab.errors import MMLabError
-from mmlab.infer.completion import Completion
+from mmlab.infer.completion import Completion, StopStrings
 from mmlab.infer.generate import SamplingParams
-from mmlab.infer.sample import start_ids
+from mmlab.infer.sample import TextStream, start_ids, stop_ids
 from mmlab.model.lm import MiniMindLM
-from mmlab.tokenizer.base import Tokenizer, TokenizerError
+from mmlab.tokenizer.base import IM_START, Tokenizer, TokenizerError
 from mmlab.tokenizer.chat import encode_chat
 
 log = logging.getLogger("mmlab.server")
@@ -65,7 +71,8 @@ class ServerConfig:
     max_tokens_limit: int = 1024  # the largest max_tokens a request may ask for
     default_max_tokens: int = 256  # used when a request gives none (capped by max_tokens_limit)
     max_prompt_tokens: int | None = None
-    queue: int = 8  # requests that may wait behind the one being generated
+    queue: int = 8  # requests that may wait behind the ones being generated
+    batch: int = 16  # requests decoded together (continuous batching); 1: one at a time, the old engine
     max_body_bytes: int = 1 << 20
     model_name: str | None = None  # the id in /v1/models; default: the checkpoint's run folder name
     timeout_s: float = 60.0  # a connection that sends or reads nothing for this long is closed
@@ -78,6 +85,8 @@ class ServerConfig:
             raise MMLabError(f"max_prompt_tokens={self.max_prompt_tokens} must be >= 1")
         if self.queue < 0:
             raise MMLabError(f"queue={self.queue} must be >= 0")
+        if self.batch < 1:
+            raise MMLabError(f"batch={self.batch} must be >= 1 (1: one request at a time)")
         if not 0 <= self.port <= 65535:
             raise MMLabError(f"port={self.port} must be in 0..65535 (0 = any free port)")
 
@@ -300,6 +309,10 @@ class Engine:
         """Requests waiting or being generated."""
         return self._admitted
 
+    @property
+    def capacity(self) -> int:
+        return self.queue_size + 1
+
     def submit(self, request: GenerationRequest) -> Job:
         with self._lock:
             if self._admitted > self.queue_size:  # the queue is full, besides the one being generated
@@ -341,6 +354,138 @@ class Engine:
         finally:
             pieces.close()
         job.events.put(("done", done))
+
+
+class Finished:
+    """What a finished request reports (the counts and finish reason a ``Completion`` reports)."""
+
+    def __init__(self, prompt_tokens: int):
+        self.prompt_tokens, self.completion_tokens, self.finish_reason = prompt_tokens, 0, None
+
+
+class _Live:
+    def __init__(self, job: Job, rid: int, tokenizer: Tokenizer):
+        self.job, self.rid = job, rid
+        self.text, self.stops = TextStream(tokenizer), StopStrings(job.request.stop)
+        self.done = Finished(len(job.request.prompt_ids))
+
+
+class BatchingEngine:
+    """The server's engine when requests are batched: one worker thread owns ``mmlab.infer.engine.Engine``
+    (continuous batching, paged KV cache, prefix caching) and turns each request's tokens into text pieces
+    on its ``Job`` exactly as ``Completion`` does for one request at a time. At most ``max_batch`` requests
+    decode together and ``queue_size`` more wait; beyond that, 429. Handler threads only check a request
+    and hand it over: the batcher itself is touched by the worker alone."""
+
+    def __init__(self, model: MiniMindLM, tokenizer: Tokenizer, queue_size: int = 8, max_batch: int = 16,
+                 block_size: int = 16):
+        from mmlab.infer.engine import Engine as Batcher
+
+        self.model, self.tokenizer, self.queue_size, self.max_batch = model, tokenizer, queue_size, max_batch
+        self.batcher = Batcher(model, block_size=block_size, max_batch=max_batch)
+        start = tokenizer.token_to_id(IM_START)
+        self._stop_ids = stop_ids(tokenizer) + ([] if start is None else [start])
+        self._incoming: queue.Queue[Job | None] = queue.Queue()
+        self._live: dict[int, _Live] = {}  # the worker's: request id in the batcher -> its job
+        self._admitted = 0
+        self._lock = threading.Lock()
+        self._worker = threading.Thread(target=self._work, name="mmlab-batching-engine", daemon=True)
+        self._worker.start()
+
+    @property
+    def capacity(self) -> int:
+        return self.max_batch + self.queue_size
+
+    @property
+    def admitted(self) -> int:
+        """Requests waiting or being generated."""
+        return self._admitted
+
+    def submit(self, request: GenerationRequest) -> Job:
+        # a batched sequence lives in its KV blocks: it ends when it fills the model's context (finish reason
+        # "length"), where one request at a time slides a window past it
+        room = self.model.cfg.max_seq_len - len(request.prompt_ids)
+        if room < 1:
+            raise APIError(400, f"the prompt ({len(request.prompt_ids)} tokens) fills the model's context of "
+                                f"{self.model.cfg.max_seq_len} tokens: no room for a reply", "messages",
+                           "context_length_exceeded")
+        if request.max_tokens > room:
+            request = dataclasses.replace(request, max_tokens=room)
+        try:
+            self.batcher.check(request.prompt_ids, request.max_tokens, request.params)
+        except MMLabError as e:  # a request that cannot fit in the KV pool at all
+            raise APIError(429, str(e), None, "kv_cache_full", type="rate_limit_error") from None
+        with self._lock:
+            if self._admitted >= self.capacity:
+                raise APIError(429, f"the server is busy: {self._admitted} requests are already waiting or running; "
+                                    "retry shortly", None, "queue_full", type="rate_limit_error")
+            self._admitted += 1
+        job = Job(request)
+        self._incoming.put(job)
+        return job
+
+    def close(self) -> None:
+        self._incoming.put(None)
+        self._worker.join(timeout=10)
+
+    def _release(self, rid: int) -> None:
+        del self._live[rid]
+        with self._lock:
+            self._admitted -= 1
+
+    def _take(self, job: Job) -> None:
+        r, p = job.request, job.request.params
+        rid = self.batcher.add(r.prompt_ids, r.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+                               repetition_penalty=p.repetition_penalty, stop_tokens=self._stop_ids, seed=r.seed)
+        self._live[rid] = _Live(job, rid, self.tokenizer)
+
+    def _end(self, live: _Live, reason: str, tail: bool = True) -> None:
+        text = (live.stops.feed(live.text.flush())[0] + live.stops.flush()) if tail else ""
+        if text:
+            live.job.events.put(("text", text))
+        live.done.finish_reason = reason
+        live.job.events.put(("done", live.done))
+        self._release(live.rid)
+
+    def _work(self) -> None:
+        closing = False
+        while True:
+            try:  # wait for a request when idle; otherwise take what has arrived and go on
+                while (job := self._incoming.get(block=not closing and not self.batcher.has_work())) is not None:
+                    self._take(job)
+                closing = True  # close() was called: finish what is in flight, then stop
+            except queue.Empty:
+                pass
+            if closing and not self.batcher.has_work():
+                return
+            for rid, live in list(self._live.items()):
+                if live.job.cancelled.is_set():  # the client went away: its blocks return to the pool now
+                    self.batcher.cancel(rid)
+                    self._release(rid)
+            try:
+                events = self.batcher.step()
+            except Exception:  # a bug, not bad input: every request in flight gets an error, blocks return
+                log.exception("batched generation failed")
+                for rid, live in list(self._live.items()):
+                    self.batcher.cancel(rid)
+                    live.job.events.put(("error", "internal error while generating; see the server log"))
+                    self._release(rid)
+                continue
+            for rid, token, reason in events:
+                live = self._live.get(rid)
+                if live is None:
+                    continue
+                if token is not None:
+                    live.done.completion_tokens += 1
+                    text, hit = live.stops.feed(live.text.push(token) or "")
+                    if text:
+                        live.job.events.put(("text", text))
+                    if hit:  # a stop string: the reply ends here, and the batcher lets the sequence go
+                        self.batcher.cancel(rid)
+                        self._end(live, "stop", tail=False)
+                        continue
+                if reason is not None:
+                    self._end(live, "length" if reason == "length" else "stop")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -749,7 +894,10 @@ def make_server(ckpt: str | Path, config: ServerConfig | None = None, device: st
     tokenizer = load_checkpoint_tokenizer(ckpt)
     model = load_model(ckpt, device=resolve_device(device))
     model.eval()
-    engine = Engine(model, tokenizer, config.queue)
+    if config.batch > 1 and model.cfg.causal and model.cfg.pos_encoding != "alibi":
+        engine: Engine | BatchingEngine = BatchingEngine(model, tokenizer, config.queue, config.batch)
+    else:  # one request at a time (also for the models the batching engine cannot cache)
+        engine = Engine(model, tokenizer, config.queue)
     try:
         return ChatServer(engine, config, config.model_name or _model_name(ckpt))
     except OSError as e:
@@ -766,8 +914,9 @@ def serve(ckpt: str | Path, config: ServerConfig | None = None, device: str = "a
         log.setLevel(logging.INFO)
     server = make_server(ckpt, config, device)
     cfg = server.engine.model.cfg
-    log.info("serving %s (context %d tokens, up to %d requests queued) on %s  — chat page: %s/",
-             server.model_name, cfg.max_seq_len, server.engine.queue_size, server.url, server.url)
+    batch = getattr(server.engine, "max_batch", 1)
+    log.info("serving %s (context %d tokens, %d decoded together, up to %d more queued) on %s  — chat page: %s/",
+             server.model_name, cfg.max_seq_len, batch, server.engine.queue_size, server.url, server.url)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
