@@ -157,3 +157,19 @@ def test_prefix_hashes_identify_whole_prefixes():
     a, b = prefix_hashes([1, 2, 3, 4, 5, 6, 7, 8, 9], 4), prefix_hashes([1, 2, 3, 4, 5, 6, 7, 9], 4)
     assert len(a) == 2 and a[0] == b[0] and a[1] != b[1]
     assert prefix_hashes([9, 2, 3, 4, 5, 6, 7, 8], 4)[1] != a[1]  # same second block, other first: differs
+
+
+def test_a_failed_prefill_returns_its_blocks(model, monkeypatch):
+    engine = Engine(model, block_size=4, n_blocks=8)
+    engine.add(prompts(1, lengths=(19, 19))[0], 4, temperature=0.0)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(model, "forward", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.step()
+    monkeypatch.undo()
+    assert_no_leak(engine)  # a request needing every block of the pool can still run
+    rid = engine.add(prompts(1, seed=9, lengths=(20, 20))[0], 8, temperature=0.0)
+    assert len(engine.run()[rid]) == 8

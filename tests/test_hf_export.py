@@ -315,6 +315,10 @@ def test_minimind2_moe_folder_imports_and_minimind3_is_refused(bpe, tmp_path, ca
     idx = torch.randint(0, 300, (2, 30))
     with torch.no_grad():
         assert torch.equal(back(idx).logits, ours(idx).logits)
+    # MiniMind's own YaRN variant is refused rather than imported with other frequencies
+    scaled = minimind2_folder(tmp_path / "scaled", {**config, "inference_rope_scaling": True}, state, bpe)
+    with pytest.raises(ExportError, match="MiniMind's own YaRN variant"):
+        import_hf(scaled, tmp_path / "mm-scaled")
     # MiniMind-3 (QK-norm) is named, not half-imported
     state["model.layers.0.self_attn.q_norm.weight"] = torch.ones(cfg.head_dim)
     folder3 = minimind2_folder(tmp_path / "minimind-3", config, state, bpe)

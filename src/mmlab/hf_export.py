@@ -270,7 +270,8 @@ def read_hf_weights(hf_dir: Path, allow_bin: bool = False) -> dict[str, torch.Te
     """Every tensor of the folder's safetensors file(s) (one file, or shards listed in the index); with
     ``allow_bin``, a ``pytorch_model.bin`` too (MiniMind's releases), read with ``weights_only=True``: tensors
     only, never code."""
-    if allow_bin and not (hf_dir / HF_WEIGHTS).is_file() and (hf_dir / TORCH_WEIGHTS).is_file():
+    safetensors = (hf_dir / HF_WEIGHTS).is_file() or (hf_dir / HF_INDEX).is_file()
+    if allow_bin and not safetensors and (hf_dir / TORCH_WEIGHTS).is_file():
         try:
             state = torch.load(hf_dir / TORCH_WEIGHTS, map_location="cpu", weights_only=True)
         except Exception as e:  # a pickle that is not plain tensors, or a corrupt file

@@ -79,8 +79,8 @@ def _laptop() -> SpeedrunPreset:
 
 
 # The GPU presets: bf16 autocast, SDPA (flash attention where the GPU has it), torch.compile, and batches sized
-# for a 24 GB card; the same command under `torchrun --nproc_per_node N` trains data-parallel (each rank takes
-# batch_size rows, so N GPUs see N times the tokens per step and finish the budget in 1/N of the steps' time).
+# for a 24 GB card. The budgets are for one process: under `torchrun --nproc_per_node N` each rank takes
+# batch_size rows, so the same steps see N times the tokens (divide max_iters by N to keep the budget).
 _GPU = {"eval_batches": 20, "log_interval": 50, "seed": 1337, "device": "auto", "dtype": "bf16", "compile": True}
 _REAL_CORPORA = ("minimind-pretrain", "tinystories-v2-train", "fineweb-edu-sample")
 

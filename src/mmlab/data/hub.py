@@ -61,17 +61,28 @@ def _key(ds: HubFile) -> str:
 
 
 def _offline() -> bool:
-    return bool(os.environ.get("MMLAB_OFFLINE")) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true")
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("MMLAB_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _hub():
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise DataError("the hub corpora are fetched with huggingface_hub, which is not installed: "
+                        "pip install 'minimind-lab[data]'") from None
+    return huggingface_hub
 
 
 def _download(ds: HubFile, force: bool) -> tuple[Path, str | None]:
     """hf_hub_download into our cache: (the file, the sha256 the hub published for it, when it did)."""
-    try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RevisionNotFoundError
-    except ImportError:
-        raise DataError(f"dataset {ds.name!r} is fetched with huggingface_hub, which is not installed: "
-                        "pip install 'minimind-lab[data]'") from None
+    hf_hub_download = _hub().hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RevisionNotFoundError,
+    )
+
     endpoint = os.environ.get("HF_ENDPOINT") or None
     where = f"{ds.repo_id} @ {ds.revision[:12]} ({endpoint or 'huggingface.co'})"
     try:
@@ -80,13 +91,19 @@ def _download(ds: HubFile, force: bool) -> tuple[Path, str | None]:
     except RevisionNotFoundError:
         raise DataError(f"dataset {ds.name!r}: the pinned commit {ds.revision} is not in {ds.repo_id} on "
                         f"{endpoint or 'huggingface.co'} ({ds.revision_source})") from None
-    except EntryNotFoundError:
-        raise DataError(f"dataset {ds.name!r}: {ds.filename} is not in {where}") from None
+    except EntryNotFoundError as e:
+        if not isinstance(e, LocalEntryNotFoundError):  # LocalEntryNotFoundError: the hub could not be reached
+            raise DataError(f"dataset {ds.name!r}: {ds.filename} is not in {where}") from None
+        raise _unreachable(ds, where, e) from None
     except (HfHubHTTPError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"cannot download dataset {ds.name!r} from {where}: {first}. Offline? Put the file at "
-                        f"{_mirror_file(ds) or '$MMLAB_DATA_MIRROR/hf/' + ds.repo_id + '/' + ds.filename}") from None
+        raise _unreachable(ds, where, e) from None
     return path, _expected_from_blob(path)
+
+
+def _unreachable(ds: HubFile, where: str, e: Exception) -> DataError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return DataError(f"cannot download dataset {ds.name!r} from {where}: {first}. Offline? Put the file at "
+                     f"{_mirror_file(ds) or '$MMLAB_DATA_MIRROR/hf/' + ds.repo_id + '/' + ds.filename}")
 
 
 def _mirror_file(ds: HubFile) -> Path | None:
@@ -102,13 +119,16 @@ def _verified(ds: HubFile, path: Path, expected: str | None, lock: dict[str, Any
             and entry.get("path") == str(path):
         return path  # unchanged since it was verified
     digest = sha256_file(path)
+    if expected is not None and digest == expected:  # the hub's own hash: it also replaces an older lock entry
+        entry = None
     if expected is not None and digest != expected:
         raise DataError(f"{path}: sha256 {digest[:16]}... does not match {expected[:16]}..., the sha256 the hub "
                         f"published for {ds.repo_id}/{ds.filename} @ {ds.revision[:12]} (truncated, tampered, or "
                         f"edited since?); delete it and run `mmlab data download {ds.name} --force`")
     if entry and entry.get("sha256") != digest:
         raise DataError(f"{path}: sha256 {digest[:16]}... differs from {entry['sha256'][:16]}..., recorded in "
-                        f"{lock_path()} when {ds.name!r} was first verified: the file changed")
+                        f"{lock_path()} when {ds.name!r} was first verified: the file changed (if the new one is "
+                        f"right, delete its entry from the lock file)")
     lock[key] = {"name": ds.name, "sha256": digest, "size": stat.st_size, "mtime": stat.st_mtime,
                  "path": str(path), "verified_against": "hub sha256" if expected else "first download"}
     _write_lock(lock)
@@ -120,9 +140,7 @@ def local_copy(ds: HubFile) -> Path | None:
     mirrored = _mirror_file(ds)
     if mirrored is not None and mirrored.is_file():
         return mirrored
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(ds.repo_id, ds.filename, cache_dir=cache_dir() / "hub", revision=ds.revision,
+    cached = _hub().try_to_load_from_cache(ds.repo_id, ds.filename, cache_dir=cache_dir() / "hub", revision=ds.revision,
                                     repo_type="dataset")
     return Path(cached) if isinstance(cached, str) else None
 

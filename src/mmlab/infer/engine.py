@@ -325,10 +325,14 @@ class Engine:
         events: list[tuple[int, int | None, str | None]] = []
         while self.waiting and len(self.running) < self.max_batch and self._admit(self.waiting[0]):
             req = self.waiting.popleft()
-            self._grow(req, len(req.prompt))
-            new = req.prompt[req.computed:]
-            view = _PagedView(self.pool, [req], len(new), self.device)
-            logits = self.model(torch.tensor([new], device=self.device), cache=view).logits[0, -1]
+            try:
+                self._grow(req, len(req.prompt))
+                new = req.prompt[req.computed:]
+                view = _PagedView(self.pool, [req], len(new), self.device)
+                logits = self.model(torch.tensor([new], device=self.device), cache=view).logits[0, -1]
+            except BaseException:  # out of memory, a bug: the request ends, its blocks return to the pool
+                self._finish(req, "error")
+                raise
             req.computed = len(req.prompt)
             self.prefill_tokens += len(new)
             self._register_full_blocks(req)

@@ -382,7 +382,8 @@ class BatchingEngine:
         from mmlab.infer.engine import Engine as Batcher
 
         self.model, self.tokenizer, self.queue_size, self.max_batch = model, tokenizer, queue_size, max_batch
-        self.batcher = Batcher(model, block_size=block_size, max_batch=max_batch)
+        self.batcher = Batcher(model, block_size=block_size, max_batch=max_batch,
+                               max_waiting=queue_size + max_batch)  # never below what submit() admits
         start = tokenizer.token_to_id(IM_START)
         self._stop_ids = stop_ids(tokenizer) + ([] if start is None else [start])
         self._incoming: queue.Queue[Job | None] = queue.Queue()
@@ -430,13 +431,22 @@ class BatchingEngine:
 
     def _release(self, rid: int) -> None:
         del self._live[rid]
+        self.batcher.finished.pop(rid, None)  # the server keeps nothing of a finished request
         with self._lock:
             self._admitted -= 1
 
     def _take(self, job: Job) -> None:
         r, p = job.request, job.request.params
-        rid = self.batcher.add(r.prompt_ids, r.max_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-                               repetition_penalty=p.repetition_penalty, stop_tokens=self._stop_ids, seed=r.seed)
+        try:
+            rid = self.batcher.add(r.prompt_ids, r.max_tokens, temperature=p.temperature, top_k=p.top_k,
+                                   top_p=p.top_p, repetition_penalty=p.repetition_penalty, stop_tokens=self._stop_ids,
+                                   seed=r.seed)
+        except MMLabError as e:  # submit() checked it, so this is a bug: answer it, keep the worker alive
+            log.error("could not queue a request: %s", e)
+            job.events.put(("error", "internal error while queueing the request; see the server log"))
+            with self._lock:
+                self._admitted -= 1
+            return
         self._live[rid] = _Live(job, rid, self.tokenizer)
 
     def _end(self, live: _Live, reason: str, tail: bool = True) -> None:
@@ -624,7 +634,7 @@ class Handler(BaseHTTPRequestHandler):
     def _health(self) -> None:
         s = self.server
         self._send_json(200, {"status": "ok", "model": s.model_name, "context": s.engine.model.cfg.max_seq_len,
-                              "requests": {"admitted": s.engine.admitted, "limit": s.engine.queue_size + 1}})
+                              "requests": {"admitted": s.engine.admitted, "limit": s.engine.capacity}})
 
     def _model_card(self) -> dict[str, Any]:
         return {"id": self.server.model_name, "object": "model", "created": self.server.created, "owned_by": "mmlab"}

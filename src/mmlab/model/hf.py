@@ -206,26 +206,30 @@ def from_minimind_config_dict(d: dict[str, Any], tied: bool) -> tuple[ModelConfi
     if head_dim * n_heads != hidden:
         problems.append(f"head_dim={head_dim} != hidden_size / num_attention_heads")
     if d.get("inference_rope_scaling") or d.get("rope_scaling"):
-        notes.append("rope scaling (MiniMind's inference_rope_scaling, its own YaRN variant) is not reproduced: "
-                     "positions up to the training length are exact, longer ones differ")
+        problems.append("inference_rope_scaling / rope_scaling is on: MiniMind's own YaRN variant rescales the "
+                        "frequencies, which mmlab's RoPE does not reproduce (set it to false to import the model "
+                        "at its trained context)")
     if problems:
         raise ConfigError("this MiniMind model cannot be loaded as an mmlab model: " + "; ".join(problems))
-    moe = {}
-    if d.get("use_moe"):
-        if d.get("scoring_func", "softmax") != "softmax":
-            raise ConfigError(f"scoring_func={d['scoring_func']!r} (mmlab's router is a softmax)")
-        moe = {"n_experts": int(d.get("n_routed_experts", 4)),
-               "n_experts_per_tok": int(d.get("num_experts_per_tok", 2)),
-               "n_shared_experts": int(d.get("n_shared_experts", 1)),
-               "moe_norm_topk": bool(d.get("norm_topk_prob", True)),
-               "moe_aux_loss_coef": float(d.get("aux_loss_alpha", 0.1))}
-    cfg = ModelConfig(
-        vocab_size=int(d.get("vocab_size", 6400)), hidden_size=hidden, n_layers=int(d.get("num_hidden_layers", 8)),
-        n_heads=n_heads, n_kv_heads=None if n_kv == n_heads else n_kv,
-        ffn_size=int(d.get("intermediate_size") or minimind_ffn_size(hidden)),
-        max_seq_len=int(d.get("max_position_embeddings", 32768)), norm_eps=float(d.get("rms_norm_eps", 1e-5)),
-        rope_theta=float(d.get("rope_theta", 1e6)), tie_embeddings=tied, dropout=float(d.get("dropout", 0.0)),
-        name=str(d.get("_name_or_path") or "minimind"), **moe)
+    try:
+        moe = {}
+        if d.get("use_moe"):
+            if d.get("scoring_func", "softmax") != "softmax":
+                raise ConfigError(f"scoring_func={d['scoring_func']!r} (mmlab's router is a softmax)")
+            moe = {"n_experts": int(d.get("n_routed_experts", 4)),
+                   "n_experts_per_tok": int(d.get("num_experts_per_tok", 2)),
+                   "n_shared_experts": int(d.get("n_shared_experts", 1)),
+                   "moe_norm_topk": bool(d.get("norm_topk_prob", True)),
+                   "moe_aux_loss_coef": float(d.get("aux_loss_alpha", 0.1))}
+        cfg = ModelConfig(
+            vocab_size=int(d.get("vocab_size", 6400)), hidden_size=hidden, n_layers=int(d.get("num_hidden_layers", 8)),
+            n_heads=n_heads, n_kv_heads=None if n_kv == n_heads else n_kv,
+            ffn_size=int(d.get("intermediate_size") or minimind_ffn_size(hidden)),
+            max_seq_len=int(d.get("max_position_embeddings", 32768)), norm_eps=float(d.get("rms_norm_eps", 1e-5)),
+            rope_theta=float(d.get("rope_theta", 1e6)), tie_embeddings=tied, dropout=float(d.get("dropout", 0.0)),
+            name=str(d.get("_name_or_path") or "minimind"), **moe)
+    except (TypeError, ValueError) as e:  # a field of the wrong type ("8" heads, null sizes)
+        raise ConfigError(f"a malformed MiniMind config: {e}") from None
     return cfg, notes
 
 

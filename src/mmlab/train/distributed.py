@@ -58,15 +58,20 @@ class DistInfo:
         return contextlib.nullcontext()
 
 
-def setup() -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); a no-op otherwise."""
+def setup(timeout_s: float | None = None) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); a no-op otherwise. ``timeout_s``:
+    how long a collective may wait (the first caller sets it; a streamed corpus's first shard build needs
+    hours where a training step needs seconds)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not torch_dist.is_initialized():
+        import datetime
+
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch_dist.init_process_group(backend=backend)
+        extra = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
+        torch_dist.init_process_group(backend=backend, **extra)
     return DistInfo(True, rank, world, local_rank)
 
 

@@ -102,9 +102,11 @@ def _same_answers(record: Any) -> bool:
     if not isinstance(record, dict):
         return False
     c, r = record.get("chosen"), record.get("rejected")
-    if isinstance(c, list) and isinstance(r, list) and c and r:
-        last = [x[-1].get("content") if isinstance(x[-1], dict) else None for x in (c, r)]
-        c, r = last
+    if isinstance(c, list) and isinstance(r, list):
+        try:  # the answers as trained on: reasoning and tool calls rendered in
+            _, c, r = _conversation_pair(record, "")
+        except DataError:
+            return False  # malformed: pair_from_record names the problem
     return isinstance(c, str) and isinstance(r, str) and c.strip() == r.strip() and c.strip() != ""
 
 

@@ -104,6 +104,9 @@ def wants_stream(data: str, stream: bool | None) -> bool:
             or sum(f.stat().st_size for f in files) > STREAM_ABOVE_BYTES)
 
 
+STREAM_BUILD_TIMEOUT_S = 6 * 3600
+
+
 def stream_source(data: str, stream: bool | None) -> str:
     """What to stream for ``data``: the file of a hub corpus (GBs: always streamed unless ``--no-stream``) or,
     with ``--stream``, of a small registered one; anything else is returned as given."""
@@ -170,7 +173,10 @@ def prepare_stream(data: str, tok_spec: str | Tokenizer, cfg: ModelConfig, train
     from mmlab.train import distributed
 
     files = resolve_sources(data)
-    dist = distributed.setup()  # under torchrun: rank 0 trains the tokenizer and builds the shards, then the rest
+    # under torchrun: rank 0 trains the tokenizer and builds the shards while the others wait (for hours on a
+    # first build of GBs, hence the timeout); every rank must see the same data cache (one machine, or a shared
+    # MMLAB_DATA_DIR), or the others would build their own
+    dist = distributed.setup(timeout_s=STREAM_BUILD_TIMEOUT_S)
     if dist.enabled:
         dist.device(train_cfg.device)  # nccl's collectives need each rank's own GPU
     if isinstance(tok_spec, str):
