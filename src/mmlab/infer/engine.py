@@ -100,9 +100,10 @@ class BlockPool:
             block = self.cached.get(h)
             if block is None:
                 break
-            self.cached.move_to_end(h)
             self.ref[block] += 1
             found.append(block)
+        for h in reversed(hashes[: len(found)]):  # the first block becomes the most recent: a prefix is evicted
+            self.cached.move_to_end(h)           # from its end, never cut off at its start
         return found
 
     def register(self, h: str, block: int) -> None:
