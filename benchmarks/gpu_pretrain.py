@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="3 steps of batch 2 x 64 on the CPU, fp32, no compile")
+    ap.add_argument("--cpu", action="store_true",
+                    help="the preset's own batch, bf16 autocast, on the CPU (no compile): its peak RSS is a proxy "
+                         "for the memory a GPU needs (weights, gradients, AdamW state, activations)")
     ap.add_argument("--out", default=None, help="also write the JSON here (e.g. benchmarks/results/gpu_pretrain.json)")
     args = ap.parse_args(argv)
 
@@ -90,15 +94,15 @@ def main(argv: list[str] | None = None) -> int:
 
     p = get_speedrun_preset(args.preset)
     t = dict(p.pretrain)
-    device = resolve_device("cpu" if args.smoke else "auto")
-    if device.type != "cuda" and not args.smoke:
+    device = resolve_device("cpu" if (args.smoke or args.cpu) else "auto")
+    if device.type != "cuda" and not (args.smoke or args.cpu):
         print(f"no CUDA device here ({device}); run with --smoke for a CPU check of the code path", file=sys.stderr)
         return 2
     steps, batch = (3, 2) if args.smoke else (args.steps, args.batch_size or t["batch_size"])
     block = 64 if args.smoke else t.get("block_size", p.model.max_seq_len)
     dtype = "fp32" if args.smoke else t["dtype"]
-    compile_model = False if (args.smoke or args.no_compile) else t.get("compile", False)
-    peak_measured = None if args.smoke else matmul_peak_tflops(device)
+    compile_model = False if (args.smoke or args.cpu or args.no_compile) else t.get("compile", False)
+    peak_measured = None if (args.smoke or args.cpu) else matmul_peak_tflops(device)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "stories.txt"
         corpus.write_text(generated_text(200_000 if args.smoke else 8 << 20))
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "spec_bf16_tflops": spec, "mfu_vs_spec": achieved / spec if spec else None,
         "matmul_bf16_tflops": peak_measured, "mfu_vs_matmul": achieved / peak_measured if peak_measured else None,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # the process, CPU side
         "final_val_loss": result.final_val_loss, "wall_s": wall,
         "hours_for_the_preset_budget": p.pretrain_tokens / tokens_per_s / 3600,
         "environment": env,
