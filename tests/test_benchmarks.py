@@ -119,3 +119,7 @@ def test_serve_load_benchmark_quick():
         assert r["completed"] == r["clients"] and r["rejected_429"] == 0 and r["tokens"] > 0
         assert 0 < r["ttft_p50_s"] <= r["latency_p95_s"]
     assert report["speedup_at_max_clients"] > 0  # a figure, not a timed assertion: the full run reports it
+    committed = json.loads((ROOT / "benchmarks" / "results" / "serve_load.json").read_text())
+    assert not committed["quick"] and committed["max_clients"] == 16
+    readme = (ROOT / "README.md").read_text()
+    assert f"{committed['speedup_at_max_clients']:.2f}x one-at-a-time's tokens/s at 16 streaming clients" in readme
