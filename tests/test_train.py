@@ -140,6 +140,12 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, run_env):
     assert steps == sorted(set(steps)) and steps[-1] == int(iters)
 
 
+def _losses(run):
+    """The logged training losses of a run folder, in order."""
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
 def test_ddp_with_two_processes_matches_one_process(tmp_path, run_env):
     env, _ = run_env
     config = tmp_path / "no_dropout.json"  # dropout masks depend on how rows are split over processes
@@ -154,11 +160,7 @@ def test_ddp_with_two_processes_matches_one_process(tmp_path, run_env):
     ddp = subprocess.run([*torchrun, *cmd[1:]], env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
 
-    def losses(run):
-        records = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-        return [r["loss"] for r in records if "loss" in r]
-
-    one, two = losses("single"), losses("ddp")
+    one, two = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
     assert len(one) == len(two) == 15
     for a, b in zip(one, two):
         assert a == pytest.approx(b, rel=1e-4)
@@ -189,12 +191,7 @@ def test_ddp_streams_one_tokenizer_and_one_set_of_shards(tmp_path, run_env):
                           "--batch-size", "4"], env=env2, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
     assert len(list((tmp_path / "cache2").glob("shards/*/manifest.json"))) == 1
-
-    def losses(run):
-        records = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-        return [r["loss"] for r in records if "loss" in r]
-
-    one, two = losses("single"), losses("ddp")
+    one, two = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
     assert len(one) == len(two) == 8
     for a, b in zip(one, two):
         assert a == pytest.approx(b, rel=1e-4)

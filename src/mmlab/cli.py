@@ -323,6 +323,8 @@ def _cmd_train_distill(args: argparse.Namespace) -> int:
 def _cmd_speedrun(args: argparse.Namespace) -> int:
     from mmlab.speedrun import get_speedrun_preset, plan, speedrun
 
+    if args.tflops is not None and not args.tflops > 0:
+        raise MMLabError(f"--tflops {args.tflops} must be a positive number (the sustained TFLOP/s of your GPU)")
     if args.plan:
         get_speedrun_preset(args.preset)
         r = plan(args.preset, args.tflops)

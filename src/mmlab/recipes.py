@@ -59,6 +59,14 @@ class Recipe:
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# the TinyStories recipes' shared model, schedule and prompts (each recipe changes what differs)
+_TINYSTORIES_MODEL = dict(vocab_size=2048, hidden_size=256, n_layers=4, n_heads=4, max_seq_len=256, rope_theta=1e4,
+                          dropout=0.1, attn_dropout=0.0)
+_TINYSTORIES_TRAIN = dict(max_iters=1200, batch_size=32, block_size=256, lr=2e-3, min_lr=2e-4, warmup_iters=100,
+                          schedule="cosine", weight_decay=0.1, beta2=0.99, grad_clip=1.0, eval_interval=100,
+                          eval_batches=20, log_interval=25, dtype="bf16", compile=True)
+_TINYSTORIES_PROMPTS = ("Once upon a time", "Tom and Lily went to the park.", "One day, a little bird")
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
@@ -89,34 +97,28 @@ RECIPES: dict[str, Recipe] = {
             summary="2 MiB of TinyStories with a byte-level BPE of 2,048 tokens trained on it",
             data="tinystories-train-2mib",
             tokenizer="bpe",
-            model=dict(vocab_size=2048, hidden_size=256, n_layers=4, n_heads=4, max_seq_len=256, rope_theta=1e4,
-                       dropout=0.1, attn_dropout=0.0),
+            model=_TINYSTORIES_MODEL,
             # 2 MiB is about 0.55M tokens: 1,200 steps of 8,192 tokens are ~18 epochs, so the run keeps
             # the weights of its lowest val loss (keep_best) and is measured and sampled from those
-            train=dict(max_iters=1200, batch_size=32, block_size=256, lr=2e-3, min_lr=2e-4, warmup_iters=100,
-                       schedule="cosine", weight_decay=0.1, beta2=0.99, grad_clip=1.0, eval_interval=100,
-                       eval_batches=20, log_interval=25, dtype="bf16", compile=True, keep_best=True),
-            prompts=("Once upon a time", "Tom and Lily went to the park.", "One day, a little bird"),
+            train=_TINYSTORIES_TRAIN | dict(keep_best=True),
+            prompts=_TINYSTORIES_PROMPTS,
             sample_tokens=160,
         ),
         Recipe(
             name="tinystories-full-bpe",
-            summary="all of TinyStories V2 (~2.2 GB, streamed into shards), the same model and 2,048-token BPE",
+            summary="all of TinyStories V2 (streamed into shards), the same model and 2,048-token BPE",
             data="tinystories-v2-train",
             tokenizer="bpe",
-            model=dict(vocab_size=2048, hidden_size=256, n_layers=4, n_heads=4, max_seq_len=256, rope_theta=1e4,
-                       dropout=0.0, attn_dropout=0.0),
-            # the same 1,200 steps of 8,192 tokens as tinystories-bpe, now a small part of one epoch: every
-            # batch is new text, so neither dropout nor keep_best is needed; val_fraction is small because the
-            # measurement uses the official validation split
-            train=dict(max_iters=1200, batch_size=32, block_size=256, lr=2e-3, min_lr=2e-4, warmup_iters=100,
-                       schedule="cosine", weight_decay=0.1, beta2=0.99, grad_clip=1.0, eval_interval=100,
-                       eval_batches=20, log_interval=25, dtype="bf16", compile=True, val_fraction=0.001),
-            prompts=("Once upon a time", "Tom and Lily went to the park.", "One day, a little bird"),
+            # the same 1,200 steps of 8,192 tokens, now a small part of one epoch: every batch is new text, so
+            # neither dropout nor keep_best is needed; val_fraction is small because the measurement uses the
+            # official validation split
+            model=_TINYSTORIES_MODEL | dict(dropout=0.0),
+            train=_TINYSTORIES_TRAIN | dict(val_fraction=0.001),
+            prompts=_TINYSTORIES_PROMPTS,
             sample_tokens=160,
             eval_data="tinystories-v2-valid",
             eval_chars=4 << 20,
-            needs="the full TinyStories V2 (`mmlab data download tinystories-v2-train tinystories-v2-valid`, ~2.2 GB)",
+            needs="the full TinyStories V2 (`mmlab data download tinystories-v2-train tinystories-v2-valid`)",
         ),
     ]
 }

@@ -292,33 +292,50 @@ class Job:
         self.cancelled = threading.Event()
 
 
-class Engine:
-    """Generates one request at a time, in order; at most ``1 + queue_size`` requests are admitted."""
+class _Admission:
+    """Counts the requests an engine holds (waiting or being generated) and turns away those beyond its
+    ``capacity`` with a 429; shared by both engines."""
 
-    def __init__(self, model: MiniMindLM, tokenizer: Tokenizer, queue_size: int = 8):
-        self.model, self.tokenizer = model, tokenizer
-        self.queue_size = queue_size
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
-        self._admitted = 0  # waiting + being generated; at most queue_size + 1
+    capacity: int
+
+    def _init_admission(self) -> None:
+        self._admitted = 0
         self._lock = threading.Lock()
-        self._worker = threading.Thread(target=self._work, name="mmlab-engine", daemon=True)
-        self._worker.start()
 
     @property
     def admitted(self) -> int:
         """Requests waiting or being generated."""
         return self._admitted
 
-    @property
-    def capacity(self) -> int:
-        return self.queue_size + 1
-
-    def submit(self, request: GenerationRequest) -> Job:
+    def _admit(self) -> None:
         with self._lock:
-            if self._admitted > self.queue_size:  # the queue is full, besides the one being generated
+            if self._admitted >= self.capacity:
                 raise APIError(429, f"the server is busy: {self._admitted} requests are already waiting or "
                                     "running; retry shortly", None, "queue_full", type="rate_limit_error")
             self._admitted += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._admitted -= 1
+
+
+class Engine(_Admission):
+    """Generates one request at a time, in order; at most ``1 + queue_size`` requests are admitted."""
+
+    def __init__(self, model: MiniMindLM, tokenizer: Tokenizer, queue_size: int = 8):
+        self.model, self.tokenizer = model, tokenizer
+        self.queue_size = queue_size
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._init_admission()
+        self._worker = threading.Thread(target=self._work, name="mmlab-engine", daemon=True)
+        self._worker.start()
+
+    @property
+    def capacity(self) -> int:
+        return self.queue_size + 1  # the one being generated, and the queue
+
+    def submit(self, request: GenerationRequest) -> Job:
+        self._admit()
         job = Job(request)
         self._jobs.put(job)
         return job
@@ -326,10 +343,6 @@ class Engine:
     def close(self) -> None:
         self._jobs.put(None)
         self._worker.join(timeout=10)
-
-    def _release(self) -> None:
-        with self._lock:
-            self._admitted -= 1
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -340,7 +353,7 @@ class Engine:
                 log.exception("generation failed")
                 job.events.put(("error", "internal error while generating; see the server log"))
             finally:
-                self._release()
+                self._leave()
 
     def _run(self, job: Job) -> None:
         r = job.request
@@ -370,7 +383,7 @@ class _Live:
         self.done = Finished(len(job.request.prompt_ids))
 
 
-class BatchingEngine:
+class BatchingEngine(_Admission):
     """The server's engine when requests are batched: one worker thread owns ``mmlab.infer.engine.Engine``
     (continuous batching, paged KV cache, prefix caching) and turns each request's tokens into text pieces
     on its ``Job`` exactly as ``Completion`` does for one request at a time. At most ``max_batch`` requests
@@ -388,19 +401,13 @@ class BatchingEngine:
         self._stop_ids = stop_ids(tokenizer) + ([] if start is None else [start])
         self._incoming: queue.Queue[Job | None] = queue.Queue()
         self._live: dict[int, _Live] = {}  # the worker's: request id in the batcher -> its job
-        self._admitted = 0
-        self._lock = threading.Lock()
+        self._init_admission()
         self._worker = threading.Thread(target=self._work, name="mmlab-batching-engine", daemon=True)
         self._worker.start()
 
     @property
     def capacity(self) -> int:
         return self.max_batch + self.queue_size
-
-    @property
-    def admitted(self) -> int:
-        """Requests waiting or being generated."""
-        return self._admitted
 
     def submit(self, request: GenerationRequest) -> Job:
         # a batched sequence lives in its KV blocks: it ends when it fills the model's context (finish reason
@@ -416,11 +423,7 @@ class BatchingEngine:
             self.batcher.check(request.prompt_ids, request.max_tokens, request.params)
         except MMLabError as e:  # a request that cannot fit in the KV pool at all
             raise APIError(429, str(e), None, "kv_cache_full", type="rate_limit_error") from None
-        with self._lock:
-            if self._admitted >= self.capacity:
-                raise APIError(429, f"the server is busy: {self._admitted} requests are already waiting or running; "
-                                    "retry shortly", None, "queue_full", type="rate_limit_error")
-            self._admitted += 1
+        self._admit()
         job = Job(request)
         self._incoming.put(job)
         return job
@@ -432,8 +435,7 @@ class BatchingEngine:
     def _release(self, rid: int) -> None:
         del self._live[rid]
         self.batcher.finished.pop(rid, None)  # the server keeps nothing of a finished request
-        with self._lock:
-            self._admitted -= 1
+        self._leave()
 
     def _take(self, job: Job) -> None:
         r, p = job.request, job.request.params
@@ -444,8 +446,7 @@ class BatchingEngine:
         except MMLabError as e:  # submit() checked it, so this is a bug: answer it, keep the worker alive
             log.error("could not queue a request: %s", e)
             job.events.put(("error", "internal error while queueing the request; see the server log"))
-            with self._lock:
-                self._admitted -= 1
+            self._leave()
             return
         self._live[rid] = _Live(job, rid, self.tokenizer)
 
