@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, batch in (("one-at-a-time", 1), ("batched", 16)):
             cfg = ServerConfig(port=0, queue=32, batch=batch, max_tokens_limit=max_tokens, timeout_s=120)
             srv = make_server(ckpt, cfg, device="cpu")
-            threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+            threading.Thread(target=srv.serve_forever, daemon=True).start()
             servers[name] = srv
         try:
             for srv in servers.values():  # warm-up: first-call allocations, not part of any figure

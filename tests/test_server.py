@@ -16,6 +16,7 @@ import pytest
 from browser import Chromium, Tab, require_chromium, wait_until
 from mmlab.cli import main
 from mmlab.config import get_preset
+from mmlab.infer import server as server_module
 from mmlab.infer.chat import ChatSession, chat, fit_history
 from mmlab.infer.completion import StopStrings
 from mmlab.infer.generate import SamplingParams
@@ -43,7 +44,7 @@ def ckpt(tmp_path_factory):
 def running(ckpt, **limits):
     """A server on an ephemeral port, answering from a background thread."""
     srv = make_server(ckpt, ServerConfig(host="127.0.0.1", port=0, **{**LIMITS, **limits}), device="cpu")
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
         yield srv
@@ -262,7 +263,12 @@ BAD_REQUESTS = [  # (path, body, param, code)
     (CHAT, {"messages": "Hi"}, "messages", "invalid_type"),
     (CHAT, {"messages": [1]}, "messages[0]", "invalid_type"),
     (CHAT, {"messages": [{"role": "wizard", "content": "Hi"}]}, "messages[0].role", "invalid_value"),
-    (CHAT, {"messages": [{"content": "Hi"}]}, "messages[0].role", "invalid_value"),
+    (CHAT, {"messages": [{"content": "Hi"}]}, "messages[0].role", "missing"),
+    (CHAT, {"messages": [{"role": "user"}]}, "messages[0].content", "missing"),
+    (CHAT, {"messages": HI, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage",
+     "invalid_type"),
+    (CHAT, {"messages": HI, "top_k": 2.0}, "top_k", "invalid_type"),
+    (CHAT, {"messages": HI, "max_tokens": 10**400}, "max_tokens", "invalid_value"),
     (CHAT, {"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "invalid_type"),
     (CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content", "invalid_value"),
@@ -310,27 +316,34 @@ def test_unknown_paths_wrong_methods_and_oversized_bodies(server):
 
 
 def raw_exchange(server, data: bytes) -> bytes:
+    """Send raw bytes, read one response: its head and a Content-Length body (or what comes until close)."""
     with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as s:
         s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
+        received = b""
         while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
+            received += chunk
+            if whole_answer(received) or (data.startswith(b"HEAD ") and b"\r\n\r\n" in received):
+                break
+    return received
 
 
 def test_raw_protocol_errors_are_json(server):
+    # no Content-Length and no chunked body: an empty body, which is not JSON
     head, _, body = raw_exchange(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n").partition(
         b"\r\n\r\n")
-    assert b" 411 " in head.split(b"\r\n")[0]
-    assert_api_error(411, json.loads(body), 411, None, "length_required")
-    head, _, body = raw_exchange(server, b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: -3\r\n\r\n"
-                                 ).partition(b"\r\n\r\n")
-    assert_api_error(int(head.split()[1]), json.loads(body), 400, None, "invalid_header")
-    head, _, body = raw_exchange(server, b"THIS IS NOT HTTP\r\n\r\n").partition(b"\r\n\r\n")
-    assert head.split()[1] == b"400" and "error" in json.loads(body)
-    head, _, body = raw_exchange(server, b"BREW /health HTTP/1.1\r\n\r\n").partition(b"\r\n\r\n")
-    assert head.split()[1] == b"501" and "error" in json.loads(body)
+    assert_api_error(int(head.split()[1]), json.loads(body), 400, None, "invalid_json")
+    # a chunked body is read like any other
+    body = json.dumps({"messages": HI, "max_tokens": 2}).encode()
+    head, _, reply_body = raw_exchange(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                                       b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+                                       % (len(body), body)).partition(b"\r\n\r\n")
+    assert head.split()[1] == b"200" and json.loads(reply_body)["usage"]["completion_tokens"] <= 2
+    for garbage in (b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: -3\r\n\r\n", b"THIS IS NOT HTTP\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nHost x\r\n\r\n"):
+        head, _, body = raw_exchange(server, garbage).partition(b"\r\n\r\n")
+        assert_api_error(int(head.split()[1]), json.loads(body), 400, None, "invalid_http")
+    head, _, body = raw_exchange(server, b"BREW /health HTTP/1.1\r\nHost: x\r\n\r\n").partition(b"\r\n\r\n")
+    assert_api_error(int(head.split()[1]), json.loads(body), 405, None, "method_not_allowed")
     assert healthy(server)
 
 
@@ -453,11 +466,13 @@ def test_client_disconnect_mid_stream_cancels_generation(server, caplog):
     try:
         body = json.dumps({"messages": HI, "stream": True, "max_tokens": 64, "temperature": 1.0, "seed": 0}).encode()
         s = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10)
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         received = b""
         while received.count(b"data: ") < 3:  # the role chunk and two tokens
-            received += s.recv(4096)
+            chunk = s.recv(4096)
+            assert chunk, received
+            received += chunk
         s.close()
         assert wait_until(lambda: server.engine.admitted == 0)
         assert len(forwards) < 60  # stopped early: 64 tokens would need 64 forward passes
@@ -482,7 +497,7 @@ def test_client_disconnect_while_waiting_for_a_whole_reply_cancels_it(server, ca
         body = json.dumps({"messages": HI, "max_tokens": 64, "temperature": 1.0, "seed": 0,
                            "probe": "whole-gone"}).encode()
         s = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10)
-        s.sendall(b"POST /v1/chat/completions?gone=1 HTTP/1.1\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /v1/chat/completions?gone=1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         assert wait_until(lambda: len(forwards) >= 3)
         s.close()  # nothing has been sent back yet: the server must notice by itself
@@ -501,23 +516,23 @@ def test_head_requests_get_headers_without_a_body(server):
         head, _, body = reply_bytes.partition(b"\r\n\r\n")
         lines = head.decode().split("\r\n")
         assert lines[0].split()[1] == "200", lines
-        headers = dict(line.split(": ", 1) for line in lines[1:])
-        assert headers["Content-Type"].startswith(kind) and int(headers["Content-Length"]) > 0
+        headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}  # names are case-blind
+        assert headers["content-type"].startswith(kind) and int(headers["content-length"]) > 0
         assert body == b""
 
 
 def test_an_error_after_the_stream_started_ends_the_stream_not_a_second_response(server, monkeypatch, caplog):
     caplog.set_level(logging.CRITICAL, logger="mmlab.server")
-    real = server.RequestHandlerClass._write
+    real = server_module._chunk
     calls = []
 
-    def failing(self, data):  # the role chunk goes out, then a bug strikes
-        calls.append(data)
+    def failing(*args, **kwargs):  # the role chunk goes out, then a bug strikes
+        calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("secret internals")
-        real(self, data)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(server.RequestHandlerClass, "_write", failing)
+    monkeypatch.setattr(server_module, "_chunk", failing)
     status, _, text = chat_req(server, stream=True, max_tokens=4)
     monkeypatch.undo()
     assert status == 200 and "HTTP/1" not in text and "secret" not in text
@@ -525,6 +540,102 @@ def test_an_error_after_the_stream_started_ends_the_stream_not_a_second_response
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert chunks[-2]["error"]["code"] == "internal_error" and chunks[-1] == "[DONE]"
     assert healthy(server) and wait_until(lambda: server.engine.admitted == 0)
+
+
+# --- the official openai client ---------------------------------------------------------------------
+
+def test_the_official_openai_client_works(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=20)
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    whole = client.chat.completions.create(model="tiny", messages=HI, max_tokens=6, temperature=0)
+    assert whole.object == "chat.completion" and whole.choices[0].message.role == "assistant"
+    assert whole.usage.completion_tokens <= 6 and whole.choices[0].finish_reason in ("stop", "length")
+    pieces, usage = [], None
+    for chunk in client.chat.completions.create(model="tiny", messages=HI, max_tokens=6, temperature=0,
+                                                stream=True, stream_options={"include_usage": True}):
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        usage = chunk.usage or usage
+    assert "".join(pieces) == whole.choices[0].message.content  # greedy: the stream is the whole reply
+    assert usage.completion_tokens == whole.usage.completion_tokens
+    text = client.completions.create(model="tiny", prompt="Once upon", max_tokens=5, temperature=0, seed=1)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="tiny", prompt="Once upon", max_tokens=5, temperature=0, seed=1, stream=True) if c.choices)
+    assert streamed == text.choices[0].text
+    with pytest.raises(openai.BadRequestError) as e:  # errors arrive as the client's own exception types
+        client.chat.completions.create(model="tiny", messages=HI, temperature=-1)
+    assert e.value.status_code == 400 and e.value.body["param"] == "temperature"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+
+
+def test_the_request_models_are_published_as_openapi(server):
+    status, _, spec = call(server, "GET", "/openapi.json")
+    assert status == 200
+    schema = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "messages" in schema["required"] and {"temperature", "top_k", "stop"} <= set(schema["properties"])
+    assert call(server, "GET", "/docs")[0] == 200
+
+
+# --- a soak: many clients, random disconnects, malformed requests --------------------------------------
+
+def whole_answer(received: bytes) -> bool:
+    """Whether ``received`` holds a complete response with a Content-Length."""
+    head, sep, body = received.partition(b"\r\n\r\n")
+    lengths = [line.split(b":", 1)[1] for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    return bool(sep and lengths and len(body) >= int(lengths[0]))
+
+
+def test_soak_random_disconnects_and_bad_requests_leak_nothing(server):
+    """Clients that leave mid-stream, leave while waiting, send garbage, or finish, all at once, for a few
+    rounds: no 5xx, every request accounted for, and (batched) every KV block back in the pool."""
+    import random
+
+    port = server.server_address[1]
+    statuses, lock = [], threading.Lock()
+
+    def post(body: bytes, leave_after: int | None) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            received = b""
+            while leave_after is None or received.count(b"data: ") < leave_after:
+                chunk = s.recv(65536)
+                if not chunk or b"data: [DONE]" in (received := received + chunk) or whole_answer(received):
+                    break
+        if received:
+            with lock:
+                statuses.append(int(received.split()[1]))
+
+    def client(i: int) -> None:
+        rng = random.Random(i)
+        kind = rng.choice(["stream-leave", "stream", "whole-leave", "whole", "garbage", "bad-field"])
+        request = {"messages": [{"role": "system", "content": "You tell stories."}, *HI], "seed": i,
+                   "max_tokens": rng.randint(4, 40), "temperature": 1.0, "stream": kind.startswith("stream")}
+        if kind == "garbage":
+            post(rng.choice([b"{bad", b"[" * 5000, b'{"messages": 5}', b"\xff"]), None)
+        elif kind == "bad-field":
+            post(json.dumps({**request, rng.choice(["top_p", "max_tokens", "seed"]): 10**400}).encode(), None)
+        elif kind == "whole-leave":
+            post(json.dumps(request).encode(), 0)  # sends, then hangs up before any answer
+        else:
+            post(json.dumps(request).encode(), rng.randint(1, 4) if kind == "stream-leave" else None)
+
+    for round_ in range(3):
+        threads = [threading.Thread(target=client, args=(round_ * 100 + i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    print(f"soak: {len(statuses)} answers seen, statuses {sorted(set(statuses))}")
+    assert statuses and all(code < 500 for code in statuses), statuses
+    assert set(statuses) <= {200, 400, 429}, statuses
+    assert wait_until(lambda: server.engine.admitted == 0, 10)
+    if isinstance(server.engine, BatchingEngine):
+        assert wait_until(lambda: server.engine.batcher.pool.held() == 0, 5)
+        assert server.engine.batcher.finished == {} and not server.engine.batcher.has_work()
+    assert healthy(server)
 
 
 # --- the chat page, in a real browser ----------------------------------------------------------------

@@ -1,15 +1,21 @@
-"""An OpenAI-compatible HTTP server for a checkpoint, built on the standard library alone.
+"""An OpenAI-compatible HTTP server for a checkpoint, on FastAPI + uvicorn (the ``serve`` extra).
 
     mmlab serve --ckpt runs/sft            # then open http://127.0.0.1:8000/ for a chat page, or:
     curl http://127.0.0.1:8000/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi"}]}'
 
 Endpoints: ``GET /`` (the chat page), ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``
 and ``POST /v1/completions``, with or without ``"stream": true`` (Server-Sent Events in OpenAI's chunk
-format, ending with ``data: [DONE]``). Sampling fields: temperature, top_p, max_tokens, stop, seed, and
-two extensions OpenAI does not have, top_k and repetition_penalty.
+format, ending with ``data: [DONE]``), and ``GET /docs`` (the request models, from FastAPI's OpenAPI
+schema). Sampling fields: temperature, top_p, max_tokens, stop, seed, and two extensions OpenAI does not
+have, top_k and repetition_penalty. The official ``openai`` Python client works against it.
 
 How it is built, and why:
-  * ``ThreadingHTTPServer`` gives every connection a thread, which is all an HTTP front end needs.
+  * The HTTP side is the stack the field's servers use (vLLM, MiniMind's own, llama-cpp-python): FastAPI
+    routes on uvicorn's event loop. Request bodies are pydantic models (``ChatRequest``,
+    ``CompletionRequest``); every validation error becomes a 4xx in OpenAI's shape
+    ``{"error": {"message", "type", "param", "code"}}`` naming the field (``messages[0].content``); a bug
+    is a 500 with no traceback sent (it is logged). uvicorn's own answer to a request that is not HTTP
+    is JSON in the same shape.
   * The model lives in one worker thread, so nobody else ever touches it or its KV cache. By default
     that thread runs ``BatchingEngine``: up to ``batch`` requests decode together in one forward pass
     per step (continuous batching over a paged KV cache with prefix caching, ``infer/engine.py``). An
@@ -18,11 +24,10 @@ How it is built, and why:
     a decode step is dominated by per-step overhead and weight reads, so a batch of 16 costs little more
     than one sequence (``benchmarks/serve_load.py`` measures it). Requests wait in a bounded queue; when it
     is full the server answers 429 at once rather than letting waits grow.
-  * The worker writes text pieces into a per-request queue and the connection's thread sends them,
-    so a slow or vanished client never holds up the model: a failed write cancels the request, and
-    the worker drops it at its next token.
-  * Every error a client can cause is a 4xx JSON body in OpenAI's shape
-    ``{"error": {"message", "type", "param", "code"}}``; a bug is a 500 with no traceback sent (it is logged).
+  * The worker hands text pieces to the event loop (``Job.put``), and the request's coroutine sends
+    them, so a slow or vanished client never holds up the model: a disconnect cancels the request, and
+    the worker drops it (and returns its KV blocks) before its next step. Parsing, validation and
+    tokenization run in a thread pool, so a large prompt does not stall other streams.
 
 Prompts longer than the model's context (or ``max_prompt_tokens``) are refused. A batched reply ends when
 it fills the context (finish reason "length"); one at a time, a reply may run past it: generation then
@@ -31,22 +36,31 @@ slides a window over the last ``max_seq_len`` tokens (see ``infer/generate.py``)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
 import logging
-import math
 import queue
-import select
 import socket
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any
+
+import uvicorn  # the `serve` extra (FastAPI, uvicorn, pydantic); `mmlab serve` says how to install it
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mmlab.errors import MMLabError
 from mmlab.infer.completion import Completion, StopStrings
@@ -75,7 +89,7 @@ class ServerConfig:
     batch: int = 16  # requests decoded together (continuous batching); 1: one at a time, the old engine
     max_body_bytes: int = 1 << 20
     model_name: str | None = None  # the id in /v1/models; default: the checkpoint's run folder name
-    timeout_s: float = 60.0  # a connection that sends or reads nothing for this long is closed
+    timeout_s: float = 60.0  # an idle keep-alive connection is closed after this long
 
     def validate(self) -> None:
         for name in ("max_tokens_limit", "default_max_tokens", "max_body_bytes"):
@@ -104,7 +118,9 @@ class APIError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Reading a request: every field is checked for its JSON type before anything uses it.
+# Request models. Types are pydantic's (strict: "1" is not a number, 1.0 is not an integer); checks
+# that need a message of their own raise ``_invalid``; ``_api_error`` turns the first error into a 400
+# naming the field as a client writes it (``messages[0].content``).
 
 def _json_type(value: Any) -> str:
     if value is None:
@@ -116,38 +132,140 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _number(body: dict, name: str, default: float | None) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return default
-    try:  # a JSON integer with hundreds of digits is a Python int that no float can hold: OverflowError
-        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))
-    except OverflowError:
-        ok = False
-    if not ok:
-        shown = json.dumps(value) if not isinstance(value, int) or abs(value) < 10**30 else "(a huge integer)"
-        raise APIError(400, f"{name} must be a finite number, got {_json_type(value)} {shown[:80]}", name,
-                       "invalid_type")
-    return float(value)
+def _shown(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return "(a huge integer)"
+    try:
+        return json.dumps(value)[:80]
+    except (TypeError, ValueError):
+        return ""
 
 
-def _integer(body: dict, name: str, default: int | None) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise APIError(400, f"{name} must be an integer, got {_json_type(value)} {json.dumps(value)}", name,
-                       "invalid_type")
-    return value
+def _invalid(code: str, message: str) -> Exception:
+    """A validation error with our code; the message follows the field's name ("must be ...")."""
+    return PydanticCustomError(code, "{message}", {"message": message})
 
 
-def _boolean(body: dict, name: str, default: bool) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise APIError(400, f"{name} must be a boolean, got {_json_type(value)}", name, "invalid_type")
-    return value
+_EXPECTED = {"float_type": "a finite number", "finite_number": "a finite number", "int_type": "an integer",
+             "bool_type": "a boolean", "string_type": "a string", "list_type": "an array",
+             "model_type": "an object", "dict_type": "an object", "model_attributes_type": "an object"}
+_OUR_CODES = ("invalid_type", "invalid_value", "unsupported_parameter", "unsupported_value")
+
+
+def _param(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _api_error(e: ValidationError) -> APIError:
+    err = e.errors(include_url=False)[0]
+    param, kind = _param(err["loc"]), err["type"]
+    if kind == "missing":
+        return APIError(400, f"{param} is required", param, "missing")
+    if kind in _OUR_CODES:
+        return APIError(400, f"{param} {err['msg']}", param, kind)
+    if kind in _EXPECTED:
+        value = err["input"]
+        return APIError(400, f"{param} must be {_EXPECTED[kind]}, got {_json_type(value)} {_shown(value)}".rstrip(),
+                        param, "invalid_type")
+    return APIError(400, f"{param}: {err['msg']}", param, "invalid_value")
+
+
+def _stop_list(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise _invalid("invalid_type", f"must be a string or an array of strings, got {_json_type(stop)}")
+    if len(stop) > 4:
+        raise _invalid("invalid_value", f"may hold at most 4 strings, got {len(stop)}")
+    return [s for s in stop if s]
+
+
+def _content_text(content: Any) -> str:
+    """A message's content: a string, or OpenAI's array of parts of which only text parts are understood."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise _invalid("invalid_value", 'may hold only text parts ({"type": "text", "text": ...})')
+            texts.append(part["text"])
+        return "".join(texts)
+    raise _invalid("invalid_type", f"must be a string or an array of text parts, got {_json_type(content)}")
+
+
+def _role(role: Any) -> str:
+    role = "system" if role == "developer" else role  # OpenAI's newer name for the system role
+    if role not in ("system", "user", "assistant"):
+        raise _invalid("invalid_value", f"must be one of system, user, assistant (or developer), got {_shown(role)}")
+    return role
+
+
+def _prompt(prompt: Any) -> str | list[int]:
+    """A string, a one-string array, or an array of token ids (one prompt per request)."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return prompt
+    raise _invalid("invalid_type", "must be a string or an array of token ids (one prompt per request)")
+
+
+def _messages(messages: list[Any]) -> list[Any]:
+    if not messages:
+        raise _invalid("invalid_value", "must hold at least one message")
+    return messages
+
+
+_STRICT = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
+
+
+class StreamOptions(BaseModel):
+    model_config = _STRICT
+    include_usage: bool | None = None
+
+
+class Sampling(BaseModel):
+    """The fields both endpoints share. Unknown fields are ignored, as OpenAI's own server does."""
+
+    model_config = _STRICT
+    model: str | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = Field(None, description="an extension: sample from the k most likely tokens")
+    repetition_penalty: float | None = Field(None, description="an extension: 1 = off, 1.1 = mild")
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    n: int | None = None
+    logprobs: Any = None
+    seed: int | None = None
+    stop: Annotated[list[str], BeforeValidator(_stop_list)] = Field(default_factory=list)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = _STRICT
+    role: Annotated[str, BeforeValidator(_role)]
+    content: Annotated[str, BeforeValidator(_content_text)]
+
+
+class ChatRequest(Sampling):
+    messages: Annotated[list[ChatMessage], AfterValidator(_messages)]
+
+
+class CompletionRequest(Sampling):
+    prompt: Annotated[str | list[int], BeforeValidator(_prompt)]
+    echo: bool | None = None
+    suffix: str | None = None
 
 
 @dataclass
@@ -165,131 +283,136 @@ class GenerationRequest:
     echo: str = ""  # completions with echo: the prompt text, sent before the reply
 
 
-def _stop_strings(body: dict) -> list[str]:
-    stop = body.get("stop")
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise APIError(400, f"stop must be a string or an array of strings, got {_json_type(stop)}", "stop",
-                       "invalid_type")
-    if len(stop) > 4:
-        raise APIError(400, f"stop may hold at most 4 strings, got {len(stop)}", "stop", "invalid_value")
-    return [s for s in stop if s]
-
-
-def _sampling(body: dict, cfg: ServerConfig) -> tuple[SamplingParams, int, int | None]:
-    """(sampling params, max_tokens, seed), every value checked; range errors come from SamplingParams."""
+def _sampling(req: Sampling, cfg: ServerConfig) -> tuple[SamplingParams, int]:
+    """(sampling params, max_tokens), every value in range; range errors come from SamplingParams."""
     for name in ("presence_penalty", "frequency_penalty"):  # OpenAI's; ours is repetition_penalty
-        if _number(body, name, 0.0) != 0.0:
+        if getattr(req, name) not in (None, 0.0):
             raise APIError(400, f"{name} is not supported; use repetition_penalty (1 = off, 1.1 = mild)", name,
                            "unsupported_parameter")
-    if _integer(body, "n", 1) != 1:
+    if req.n not in (None, 1):
         raise APIError(400, "n must be 1: this server generates one choice per request", "n", "unsupported_value")
-    if body.get("logprobs") not in (None, False, 0):
+    if req.logprobs not in (None, False, 0):
         raise APIError(400, "logprobs are not supported by this server", "logprobs", "unsupported_parameter")
-    temperature = _number(body, "temperature", 1.0)
-    top_p = _number(body, "top_p", None)
-    repetition_penalty = _number(body, "repetition_penalty", 1.0)
-    top_k = _integer(body, "top_k", None)
-    params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
+    params = SamplingParams(1.0 if req.temperature is None else req.temperature, req.top_k, req.top_p,
+                            1.0 if req.repetition_penalty is None else req.repetition_penalty)
     try:
         params.validate()
     except MMLabError as e:  # its message starts with the field's name: "top_p=1.5 must be in (0, 1]"
         raise APIError(400, str(e), str(e).split("=")[0], "invalid_value") from None
-    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _integer(body, name, min(cfg.default_max_tokens, cfg.max_tokens_limit))
+    name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    max_tokens = getattr(req, name)
+    max_tokens = min(cfg.default_max_tokens, cfg.max_tokens_limit) if max_tokens is None else max_tokens
     if not 1 <= max_tokens <= cfg.max_tokens_limit:
         raise APIError(400, f"{name}={max_tokens} must be between 1 and this server's limit of "
                             f"{cfg.max_tokens_limit}", name, "invalid_value")
-    seed = _integer(body, "seed", None)
-    if seed is not None and not -(1 << 63) <= seed < (1 << 64):
-        raise APIError(400, f"seed={seed} must fit in 64 bits", "seed", "invalid_value")
-    return params, max_tokens, seed
+    if req.seed is not None and not -(1 << 63) <= req.seed < (1 << 64):
+        raise APIError(400, f"seed={req.seed} must fit in 64 bits", "seed", "invalid_value")
+    return params, max_tokens
 
 
-def _stream_flags(body: dict) -> tuple[bool, bool]:
-    stream = _boolean(body, "stream", False)
-    options = body.get("stream_options")
-    if options is None:
-        return stream, False
-    if not isinstance(options, dict):
-        raise APIError(400, f"stream_options must be an object, got {_json_type(options)}", "stream_options",
-                       "invalid_type")
-    return stream, _boolean(options, "include_usage", False)
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
-def _message_text(i: int, content: Any) -> str:
-    """A message's content: a string, or OpenAI's array of parts of which only text parts are understood."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise APIError(400, f"messages[{i}].content: only text parts ({{\"type\": \"text\", \"text\": ...}}) "
-                                    "are supported", f"messages[{i}].content", "invalid_value")
-            texts.append(part["text"])
-        return "".join(texts)
-    raise APIError(400, f"messages[{i}].content must be a string, got {_json_type(content)}",
-                   f"messages[{i}].content", "invalid_type")
+def _parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise APIError(400, "the request body is not UTF-8 text", None, "invalid_json") from None
+    except json.JSONDecodeError as e:
+        raise APIError(400, f"the request body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
+                       None, "invalid_json") from None
+    except ValueError as e:
+        raise APIError(400, f"the request body is not valid JSON: {e}", None, "invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "the request body nests too deeply", None, "invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, f"the request body must be a JSON object, got {_json_type(body)}", None, "invalid_json")
+    return body
 
 
-def _chat_messages(body: dict) -> list[dict[str, str]]:
-    messages = body.get("messages")
-    if messages is None:
-        raise APIError(400, "messages is required: an array of {role, content} objects", "messages", "missing")
-    if not isinstance(messages, list):
-        raise APIError(400, f"messages must be an array, got {_json_type(messages)}", "messages", "invalid_type")
-    if not messages:
-        raise APIError(400, "messages must hold at least one message", "messages", "invalid_value")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise APIError(400, f"messages[{i}] must be an object, got {_json_type(m)}", f"messages[{i}]",
-                           "invalid_type")
-        role = m.get("role")
-        role = "system" if role == "developer" else role  # OpenAI's newer name for the system role
-        if role not in ("system", "user", "assistant"):
-            raise APIError(400, f"messages[{i}].role={json.dumps(m.get('role'))} is not one of system, user, "
-                                "assistant", f"messages[{i}].role", "invalid_value")
-        out.append({"role": role, "content": _message_text(i, m.get("content"))})
-    return out
+def _validated(model: type[Sampling], body: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        raise _api_error(e) from None
+    except RecursionError:  # an object nested thousands deep inside a valid body
+        raise APIError(400, "the request body nests too deeply", None, "invalid_json") from None
 
 
-def _completion_prompt(body: dict, tokenizer: Tokenizer) -> tuple[list[int], str]:
-    """(ids, text) of the prompt: a string, a one-string array, or an array of token ids."""
-    prompt = body.get("prompt")
-    if prompt is None:
-        raise APIError(400, "prompt is required (a string)", "prompt", "missing")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]
-    if isinstance(prompt, str):
+def _check_prompt(ids: list[int], param: str, limit: int, context: int) -> None:
+    if len(ids) > limit:
+        raise APIError(400, f"the prompt is {len(ids)} tokens; this server accepts at most {limit} "
+                            f"(the model's context is {context})", param, "context_length_exceeded")
+
+
+def chat_request(raw: bytes, tokenizer: Tokenizer, cfg: ServerConfig, prompt_limit: int, context: int
+                 ) -> GenerationRequest:
+    """A ``POST /v1/chat/completions`` body -> what the engine needs, or an ``APIError``."""
+    req: ChatRequest = _validated(ChatRequest, _parse_json(raw))
+    params, max_tokens = _sampling(req, cfg)
+    try:
+        ids, _ = encode_chat(tokenizer, [m.model_dump() for m in req.messages], add_generation_prompt=True)
+    except TokenizerError as e:
+        raise APIError(400, f"messages cannot be encoded by this model's tokenizer: {e}", "messages",
+                       "invalid_value") from None
+    _check_prompt(ids, "messages", prompt_limit, context)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return GenerationRequest("chat", ids, max_tokens, params, req.stop, req.seed, bool(req.stream), include_usage)
+
+
+def completion_request(raw: bytes, tokenizer: Tokenizer, cfg: ServerConfig, prompt_limit: int, context: int
+                       ) -> GenerationRequest:
+    """A ``POST /v1/completions`` body -> what the engine needs, or an ``APIError``."""
+    req: CompletionRequest = _validated(CompletionRequest, _parse_json(raw))
+    if isinstance(req.prompt, str):
         try:
-            return start_ids(tokenizer, prompt), prompt
+            ids, text = start_ids(tokenizer, req.prompt), req.prompt
         except TokenizerError as e:
             raise APIError(400, f"prompt cannot be encoded by this model's tokenizer: {e}", "prompt",
                            "invalid_value") from None
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        if not all(0 <= t < tokenizer.vocab_size for t in prompt):
+    else:
+        if not all(0 <= t < tokenizer.vocab_size for t in req.prompt):
             raise APIError(400, f"prompt holds token ids outside the vocabulary [0, {tokenizer.vocab_size})",
                            "prompt", "invalid_value")
-        return list(prompt), tokenizer.decode(list(prompt))
-    raise APIError(400, "prompt must be a string or an array of token ids (one prompt per request)", "prompt",
-                   "invalid_type")
+        ids, text = list(req.prompt), tokenizer.decode(list(req.prompt))
+    params, max_tokens = _sampling(req, cfg)
+    if req.suffix not in (None, ""):
+        raise APIError(400, "suffix (fill-in-the-middle) is not supported", "suffix", "unsupported_parameter")
+    _check_prompt(ids, "prompt", prompt_limit, context)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return GenerationRequest("completion", ids, max_tokens, params, req.stop, req.seed, bool(req.stream),
+                             include_usage, text if req.echo else "")
 
 
 # ---------------------------------------------------------------------------------------------------
 # The engine: one worker thread owns the model.
 
 class Job:
-    """A request in the engine. The worker puts ("text", str), then ("done", Completion) or ("error", str)."""
+    """A request in the engine. The worker calls ``put`` with ("text", str), then ("done", Completion) or
+    ("error", str); the request's coroutine awaits ``get``. Made inside the event loop, it hands events to
+    that loop (thread-safe); made elsewhere, it queues them for ``get_nowait``-style use in tests."""
 
     def __init__(self, request: GenerationRequest):
         self.request = request
-        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.cancelled = threading.Event()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self.events: asyncio.Queue[tuple[str, Any]] | queue.Queue[tuple[str, Any]] = (
+            asyncio.Queue() if self._loop is not None else queue.Queue())
+
+    def put(self, event: tuple[str, Any]) -> None:
+        if self._loop is None:
+            self.events.put_nowait(event)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the server is gone, nobody listens
+            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    async def get(self, timeout: float) -> tuple[str, Any]:
+        """The next event; ``TimeoutError`` after ``timeout`` seconds without one."""
+        return await asyncio.wait_for(self.events.get(), timeout)  # type: ignore[misc]
 
 
 class _Admission:
@@ -351,7 +474,7 @@ class Engine(_Admission):
                     self._run(job)
             except Exception:  # a bug, not bad input: log it, tell the client without details
                 log.exception("generation failed")
-                job.events.put(("error", "internal error while generating; see the server log"))
+                job.put(("error", "internal error while generating; see the server log"))
             finally:
                 self._leave()
 
@@ -363,10 +486,10 @@ class Engine(_Admission):
             for piece in pieces:
                 if job.cancelled.is_set():
                     return  # nobody is listening: stop spending compute on it
-                job.events.put(("text", piece))
+                job.put(("text", piece))
         finally:
             pieces.close()
-        job.events.put(("done", done))
+        job.put(("done", done))
 
 
 class Finished:
@@ -445,7 +568,7 @@ class BatchingEngine(_Admission):
                                    seed=r.seed)
         except MMLabError as e:  # submit() checked it, so this is a bug: answer it, keep the worker alive
             log.error("could not queue a request: %s", e)
-            job.events.put(("error", "internal error while queueing the request; see the server log"))
+            job.put(("error", "internal error while queueing the request; see the server log"))
             self._leave()
             return
         self._live[rid] = _Live(job, rid, self.tokenizer)
@@ -453,9 +576,9 @@ class BatchingEngine(_Admission):
     def _end(self, live: _Live, reason: str, tail: bool = True) -> None:
         text = (live.stops.feed(live.text.flush())[0] + live.stops.flush()) if tail else ""
         if text:
-            live.job.events.put(("text", text))
+            live.job.put(("text", text))
         live.done.finish_reason = reason
-        live.job.events.put(("done", live.done))
+        live.job.put(("done", live.done))
         self._release(live.rid)
 
     def _work(self) -> None:
@@ -479,7 +602,7 @@ class BatchingEngine(_Admission):
                 log.exception("batched generation failed")
                 for rid, live in list(self._live.items()):
                     self.batcher.cancel(rid)
-                    live.job.events.put(("error", "internal error while generating; see the server log"))
+                    live.job.put(("error", "internal error while generating; see the server log"))
                     self._release(rid)
                 continue
             for rid, token, reason in events:
@@ -490,7 +613,7 @@ class BatchingEngine(_Admission):
                     live.done.completion_tokens += 1
                     text, hit = live.stops.feed(live.text.push(token) or "")
                     if text:
-                        live.job.events.put(("text", text))
+                        live.job.put(("text", text))
                     if hit:  # a stop string: the reply ends here, and the batcher lets the sequence go
                         self.batcher.cancel(rid)
                         self._end(live, "stop", tail=False)
@@ -500,9 +623,9 @@ class BatchingEngine(_Admission):
 
 
 # ---------------------------------------------------------------------------------------------------
-# HTTP
+# HTTP: the FastAPI app
 
-def _usage(done: Completion) -> dict[str, int]:
+def _usage(done: Completion | Finished) -> dict[str, int]:
     return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
             "total_tokens": done.prompt_tokens + done.completion_tokens}
 
@@ -511,380 +634,349 @@ class _ClientGone(Exception):
     """The client closed the connection while we were answering."""
 
 
-class Handler(BaseHTTPRequestHandler):
-    server: ChatServer
-    server_version = "mmlab"
+def _error_response(e: APIError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(e.body(), e.status, headers)
 
-    def setup(self) -> None:
-        self.timeout = self.server.config.timeout_s  # read by StreamRequestHandler.setup
-        self.started = time.perf_counter()
-        super().setup()
 
-    # --- answering ---------------------------------------------------------------------------------
+def _note(request: Request, text: str) -> None:
+    """What the request's log line says after its status (token counts, an error code, a disconnect)."""
+    request.state.note = text
 
-    def _send(self, status: int, content_type: str, data: bytes, headers: dict[str, str] | None = None) -> None:
-        """A whole response with a Content-Length; HEAD gets the headers only."""
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.responded = True
-        if self.command != "HEAD":
-            self.wfile.write(data)
 
-    def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        self._send(status, "application/json", json.dumps(body).encode(), headers)
+def _chunk(base: dict[str, Any], chat: bool, include_usage: bool, text: str | None, finish: str | None = None,
+           first: bool = False) -> str:
+    """One Server-Sent Event in OpenAI's chunk format."""
+    if chat:
+        delta: dict[str, Any] = {} if text is None else {"content": text}
+        if first:
+            delta = {"role": "assistant", "content": ""}
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    else:
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+    body = {**base, "choices": [choice]}
+    if include_usage:
+        body["usage"] = None  # OpenAI: null on every chunk but the last, which carries the counts
+    return f"data: {json.dumps(body)}\n\n"
 
-    def _send_error(self, e: APIError, headers: dict[str, str] | None = None) -> None:
-        self.note = e.code or e.type
-        self._send_json(e.status, e.body(), headers)
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own errors (a malformed request line, an unknown method): JSON too, and logged."""
-        self.close_connection = True
-        self.request_version = "HTTP/1.0"  # a garbled request line counts as HTTP/0.9, which gets no status line
-        self.note = "rejected by http.server"
+class _AccessLog:
+    """One log line per request, written when the answer is complete (a stream: when it ends), and the last
+    line of defence: an exception nothing else caught is logged and answered 500 with no traceback."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), ["-"]
+
+        async def send_and_note(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
         try:
-            phrase = HTTPStatus(code).phrase
-        except ValueError:
-            phrase = "error"
-        self.status = code
-        self._send_json(code, APIError(code, message or phrase).body())
-        self._log_line()
-
-    def parse_request(self) -> bool:
-        self.started = time.perf_counter()
-        return super().parse_request()
-
-    def log_request(self, code: Any = "-", size: Any = "-") -> None:
-        self.status = int(code) if str(code).isdigit() else code  # the line is written when the request ends
-
-    def log_message(self, format: str, *args: Any) -> None:  # silence http.server's own stderr lines
-        pass
-
-    def _log_line(self) -> None:
-        elapsed = time.perf_counter() - self.started
-        note = getattr(self, "note", "")
-        log.info('%s "%s %s" %s%s %.3fs', self.client_address[0], self.command, getattr(self, "path", "-"),
-                 getattr(self, "status", "-"), f" {note}" if note else "", elapsed)
-
-    # --- routing -----------------------------------------------------------------------------------
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET  # answered 405 (or 404) by _dispatch
-
-    def _dispatch(self) -> None:
-        self.note = ""
-        self.responded = False  # True once a status line is out: an error after that cannot send another
-        self.streaming = False
-        path = self.path.split("?", 1)[0]
-        if len(path) > 1:
-            path = path.rstrip("/")
-        routes = self.server.routes
-        try:
-            target = routes.get(path)
-            if target is None and path.startswith("/v1/models/"):
-                target = {"GET": Handler._model_info}
-            if target is None:
-                raise APIError(404, f"unknown path {path}: try GET /, /health, /v1/models, "
-                                    "POST /v1/chat/completions or /v1/completions", None, "not_found")
-            methods = {**target, "HEAD": target["GET"]} if "GET" in target else target  # HEAD: GET's headers
-            method = methods.get(self.command)
-            if method is None:
-                allowed = ", ".join(sorted(methods))
-                self.close_connection = True  # an unread body must not be taken for the next request
-                self._send_error(APIError(405, f"{self.command} is not allowed on {path} (allowed: {allowed})",
-                                          None, "method_not_allowed"), {"Allow": allowed})
-                return
-            method(self)
-        except APIError as e:
-            self._send_error(e)
-        except (_ClientGone, BrokenPipeError, ConnectionResetError, TimeoutError):
-            self.note = "client disconnected"
-            self.close_connection = True
+            await self.app(scope, receive, send_and_note)
         except Exception:
-            log.exception("request failed: %s %s", self.command, self.path)
-            self.close_connection = True
-            error = APIError(500, "internal server error; see the server log", None, "internal_error",
-                             type="server_error")
-            with contextlib.suppress(OSError, ValueError):  # the client may be gone as well
-                if not self.responded:
-                    self._send_error(error)
-                elif self.streaming:  # mid-stream: end the stream with an error event
-                    self.note = "internal error"
-                    self.wfile.write(f"data: {json.dumps(error.body())}\n\ndata: [DONE]\n\n".encode())
+            log.exception("request failed: %s %s", scope["method"], scope["path"])
+            if status[0] == "-":
+                error = APIError(500, "internal server error; see the server log", None, "internal_error",
+                                 type="server_error")
+                with contextlib.suppress(Exception):  # the client may be gone as well
+                    await _error_response(error)(scope, receive, send_and_note)
         finally:
-            self._log_line()
+            query = scope.get("query_string", b"").decode("latin-1")
+            path = scope["path"] + (f"?{query}" if query else "")
+            note = scope.get("state", {}).get("note", "")
+            client = (scope.get("client") or ("-",))[0]
+            log.info('%s "%s %s" %s%s %.3fs', client, scope["method"], path, status[0], f" {note}" if note else "",
+                     time.perf_counter() - started)
 
-    # --- GET -------------------------------------------------------------------------------------------
 
-    def _page(self) -> None:
+class _Stream(StreamingResponse):
+    """An SSE response that cancels its request however it ends: done, client gone, or never started."""
+
+    def __init__(self, job: Job, request: Request, content: AsyncIterator[str]):
+        super().__init__(content, media_type="text/event-stream; charset=utf-8",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.job, self.request = job, request
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self.job.cancelled.is_set() and not getattr(self.job, "answered", False):
+                _note(self.request, "client disconnected")
+            self.job.cancelled.set()  # a no-op once finished; otherwise the worker drops the request
+
+
+def create_app(engine: Engine | BatchingEngine, config: ServerConfig, model_name: str) -> FastAPI:
+    """The FastAPI app answering for ``engine``: routes, request models, OpenAI-shaped errors."""
+    from mmlab import __version__
+
+    context = engine.model.cfg.max_seq_len
+    prompt_limit = min(config.max_prompt_tokens or context, context)
+    created = int(time.time())
+    app = FastAPI(title="mmlab", version=__version__, docs_url="/docs", redoc_url=None,
+                  description=f"An OpenAI-compatible server for {model_name}.")
+    app.add_middleware(_AccessLog)
+
+    # --- errors: every one in OpenAI's shape ---------------------------------------------------------
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError) -> JSONResponse:
+        _note(request, e.code or e.type)
+        return _error_response(e)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        headers = dict(e.headers or {})
+        if e.status_code == 404:
+            error = APIError(404, f"unknown path {request.url.path}: try GET /, /health, /v1/models, /docs, "
+                                  "POST /v1/chat/completions or /v1/completions", None, "not_found")
+        elif e.status_code == 405:
+            allowed = sorted({method for route in app.routes if getattr(route, "methods", None)  # GET and HEAD
+                              and route.matches(request.scope)[0] != Match.NONE for method in route.methods})
+            headers["Allow"] = ", ".join(allowed)  # are two routes, and Starlette names only the first
+            error = APIError(405, f"{request.method} is not allowed on {request.url.path} (allowed: "
+                                  f"{headers['Allow']})", None, "method_not_allowed")
+        else:
+            error = APIError(e.status_code, str(e.detail), None, "http_error")
+        _note(request, error.code or "")
+        return _error_response(error, headers)
+
+    @app.exception_handler(RequestValidationError)  # no route declares a body, so only a path parameter
+    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+        return await api_error(request, APIError(400, str(e.errors()[0].get("msg")), None, "invalid_value"))
+
+    # --- GET (and HEAD: its headers) --------------------------------------------------------------------
+
+    def get(path: str, **options: Any) -> Any:
+        def register(route: Any) -> Any:
+            app.head(path, **{**options, "include_in_schema": False})(route)
+            return app.get(path, **options)(route)
+        return register
+
+    @get("/", response_class=HTMLResponse)
+    @get("/index.html", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
         from mmlab.infer.webchat import render_page
 
-        cfg = self.server.config
-        data = render_page(self.server.model_name, cfg.max_tokens_limit, cfg.default_max_tokens).encode()
-        self._send(200, "text/html; charset=utf-8", data)
+        return HTMLResponse(render_page(model_name, config.max_tokens_limit, config.default_max_tokens))
 
-    def _health(self) -> None:
-        s = self.server
-        self._send_json(200, {"status": "ok", "model": s.model_name, "context": s.engine.model.cfg.max_seq_len,
-                              "requests": {"admitted": s.engine.admitted, "limit": s.engine.capacity}})
+    @get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_name, "context": context,
+                "requests": {"admitted": engine.admitted, "limit": engine.capacity}}
 
-    def _model_card(self) -> dict[str, Any]:
-        return {"id": self.server.model_name, "object": "model", "created": self.server.created, "owned_by": "mmlab"}
+    def card() -> dict[str, Any]:
+        return {"id": model_name, "object": "model", "created": created, "owned_by": "mmlab"}
 
-    def _models(self) -> None:
-        self._send_json(200, {"object": "list", "data": [self._model_card()]})
+    @get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [card()]}
 
-    def _model_info(self) -> None:
-        name = self.path.split("?", 1)[0].rstrip("/")[len("/v1/models/"):]
-        if name != self.server.model_name:
-            raise APIError(404, f"model {name!r} not found; this server serves {self.server.model_name!r}", "model",
+    @get("/v1/models/{name:path}")
+    async def model_info(name: str) -> dict[str, Any]:
+        if name.rstrip("/") != model_name:
+            raise APIError(404, f"model {name!r} not found; this server serves {model_name!r}", "model",
                            "model_not_found")
-        self._send_json(200, self._model_card())
+        return card()
 
     # --- POST ------------------------------------------------------------------------------------------
 
-    def _read_json(self) -> dict[str, Any]:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            raise APIError(411, "send the body with a Content-Length (chunked bodies are not supported)", None,
-                           "length_required")
-        length_text = self.headers.get("Content-Length")
-        if length_text is None:
-            raise APIError(411, "a Content-Length header is required", None, "length_required")
+    async def read_body(request: Request) -> bytes:
+        limit = config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:  # refused without reading it
+            raise APIError(413, f"the request body is {declared} bytes; this server accepts at most {limit}",
+                           None, "request_too_large")
+        data = bytearray()
+        async for piece in request.stream():
+            data += piece
+            if len(data) > limit:
+                raise APIError(413, f"the request body is over {limit} bytes, the most this server accepts", None,
+                               "request_too_large")
+        return bytes(data)
+
+    def schema(model: type[BaseModel]) -> dict[str, Any]:  # the request model, shown at /docs
+        return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema(
+            ref_template="#/components/schemas/{model}")}}}}
+
+    @app.post("/v1/chat/completions", openapi_extra=schema(ChatRequest))
+    async def chat(request: Request) -> Response:
+        raw = await read_body(request)
+        job_request = await run_in_threadpool(chat_request, raw, engine.tokenizer, config, prompt_limit, context)
+        return await answer(request, job_request)
+
+    @app.post("/v1/completions", openapi_extra=schema(CompletionRequest))
+    async def completions(request: Request) -> Response:
+        raw = await read_body(request)
+        job_request = await run_in_threadpool(completion_request, raw, engine.tokenizer, config, prompt_limit,
+                                              context)
+        return await answer(request, job_request)
+
+    # --- answering -------------------------------------------------------------------------------------
+
+    async def answer(request: Request, r: GenerationRequest) -> Response:
+        job = engine.submit(r)  # 429 when the server is full
+        if r.stream:
+            return _Stream(job, request, stream(request, job))
         try:
-            length = int(length_text)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            self.close_connection = True
-            raise APIError(400, f"Content-Length {length_text!r} is not a byte count", None, "invalid_header") from None
-        limit = self.server.config.max_body_bytes
-        if length > limit:
-            self.close_connection = True
-            if length <= 16 * limit:  # read it away, so the client is not reset before it sees the answer
-                self._read_exactly(length)
-            raise APIError(413, f"the request body is {length} bytes; this server accepts at most {limit}", None,
-                           "request_too_large")
-        raw = self._read_exactly(length)
-        try:
-            body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-        except UnicodeDecodeError:
-            raise APIError(400, "the request body is not UTF-8 text", None, "invalid_json") from None
-        except json.JSONDecodeError as e:
-            raise APIError(400, f"the request body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})",
-                           None, "invalid_json") from None
-        except ValueError as e:
-            raise APIError(400, f"the request body is not valid JSON: {e}", None, "invalid_json") from None
-        except RecursionError:
-            raise APIError(400, "the request body nests too deeply", None, "invalid_json") from None
-        if not isinstance(body, dict):
-            raise APIError(400, f"the request body must be a JSON object, got {_json_type(body)}", None,
-                           "invalid_json")
-        model = body.get("model")
-        if model is not None and not isinstance(model, str):
-            raise APIError(400, f"model must be a string, got {_json_type(model)}", "model", "invalid_type")
-        return body
-
-    def _read_exactly(self, n: int) -> bytes:
-        data = self.rfile.read(n)
-        if len(data) < n:
-            raise _ClientGone
-        return data
-
-    def _check_prompt(self, ids: list[int], param: str) -> None:
-        limit = self.server.prompt_limit
-        if len(ids) > limit:
-            raise APIError(400, f"the prompt is {len(ids)} tokens; this server accepts at most {limit} "
-                                f"(the model's context is {self.server.engine.model.cfg.max_seq_len})", param,
-                           "context_length_exceeded")
-
-    def _chat(self) -> None:
-        body = self._read_json()
-        messages = _chat_messages(body)
-        params, max_tokens, seed = _sampling(body, self.server.config)
-        stop = _stop_strings(body)
-        stream, include_usage = _stream_flags(body)
-        try:
-            ids, _ = encode_chat(self.server.engine.tokenizer, messages, add_generation_prompt=True)
-        except TokenizerError as e:
-            raise APIError(400, f"messages cannot be encoded by this model's tokenizer: {e}", "messages",
-                           "invalid_value") from None
-        self._check_prompt(ids, "messages")
-        self._generate(GenerationRequest("chat", ids, max_tokens, params, stop, seed, stream, include_usage))
-
-    def _completions(self) -> None:
-        body = self._read_json()
-        ids, text = _completion_prompt(body, self.server.engine.tokenizer)
-        params, max_tokens, seed = _sampling(body, self.server.config)
-        stop = _stop_strings(body)
-        stream, include_usage = _stream_flags(body)
-        if body.get("suffix") not in (None, ""):
-            raise APIError(400, "suffix (fill-in-the-middle) is not supported", "suffix", "unsupported_parameter")
-        echo = text if _boolean(body, "echo", False) else ""
-        self._check_prompt(ids, "prompt")
-        self._generate(GenerationRequest("completion", ids, max_tokens, params, stop, seed, stream, include_usage,
-                                         echo))
-
-    # --- generation ------------------------------------------------------------------------------------
-
-    def _generate(self, request: GenerationRequest) -> None:
-        job = self.server.engine.submit(request)  # 429 when the queue is full
-        try:
-            if request.stream:
-                self._stream(job)
-            else:
-                self._whole(job)
+            return await whole(request, job)
         finally:
             job.cancelled.set()  # a no-op once finished; otherwise the worker drops the request
 
-    def _envelope(self, kind: str, rid: str) -> dict[str, Any]:
-        return {"id": rid, "object": kind, "created": int(time.time()), "model": self.server.model_name}
+    def envelope(kind: str, rid: str) -> dict[str, Any]:
+        return {"id": rid, "object": kind, "created": int(time.time()), "model": model_name}
 
-    def _whole(self, job: Job) -> None:
+    def finished(request: Request, job: Job, done: Completion | Finished) -> None:
+        job.answered = True  # type: ignore[attr-defined]
+        _note(request, f"prompt={done.prompt_tokens} completion={done.completion_tokens} "
+                       f"finish={done.finish_reason}")
+
+    async def whole(request: Request, job: Job) -> Response:
         r = job.request
         pieces = [r.echo]
         check_at = time.monotonic() + POLL_S
         while True:
             try:
-                event, value = job.events.get(timeout=POLL_S)
-            except queue.Empty:
+                event, value = await job.get(POLL_S)
+            except TimeoutError:
                 event = value = None
-            if time.monotonic() >= check_at:  # nothing is written until the end: look whether the client hung up
-                if self._client_hung_up():
-                    raise _ClientGone
+            if time.monotonic() >= check_at:  # nothing is written until the end: look whether the client left
+                if await request.is_disconnected():
+                    _note(request, "client disconnected")
+                    return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
                 check_at = time.monotonic() + POLL_S
-            if event is None:
-                continue
             if event == "text":
                 pieces.append(value)
             elif event == "error":
                 raise APIError(500, value, None, "internal_error", type="server_error")
-            else:
+            elif event == "done":
                 break
-        done: Completion = value
+        finished(request, job, value)
         text = "".join(pieces)
-        self.note = f"prompt={done.prompt_tokens} completion={done.completion_tokens} finish={done.finish_reason}"
         if r.kind == "chat":
-            body = self._envelope("chat.completion", f"chatcmpl-{uuid.uuid4().hex}")
+            body = envelope("chat.completion", f"chatcmpl-{uuid.uuid4().hex}")
             body["choices"] = [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                                "finish_reason": done.finish_reason}]
+                                "finish_reason": value.finish_reason}]
         else:
-            body = self._envelope("text_completion", f"cmpl-{uuid.uuid4().hex}")
-            body["choices"] = [{"index": 0, "text": text, "logprobs": None, "finish_reason": done.finish_reason}]
-        body["usage"] = _usage(done)
-        self._send_json(200, body)
+            body = envelope("text_completion", f"cmpl-{uuid.uuid4().hex}")
+            body["choices"] = [{"index": 0, "text": text, "logprobs": None, "finish_reason": value.finish_reason}]
+        body["usage"] = _usage(value)
+        return JSONResponse(body)
 
-    def _client_hung_up(self) -> bool:
-        """True when the peer closed its end: the socket reads as ready, and a peek returns no bytes."""
-        try:
-            ready, _, _ = select.select([self.connection], [], [], 0)
-            return bool(ready) and self.connection.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):
-            return True
-
-    def _write(self, data: bytes) -> None:
-        try:
-            self.wfile.write(data)
-            self.wfile.flush()
-        except (OSError, ValueError):  # broken pipe, reset, timeout, or a closed file
-            raise _ClientGone from None
-
-    def _stream(self, job: Job) -> None:
+    async def stream(request: Request, job: Job) -> AsyncIterator[str]:
         r = job.request
         chat = r.kind == "chat"
-        base = self._envelope("chat.completion.chunk" if chat else "text_completion",
-                              f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}")
-
-        def chunk(text: str | None, finish: str | None = None, first: bool = False) -> bytes:
+        base = envelope("chat.completion.chunk" if chat else "text_completion",
+                        f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}")
+        try:
             if chat:
-                delta: dict[str, Any] = {} if text is None else {"content": text}
-                if first:
-                    delta = {"role": "assistant", "content": ""}
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-            body = {**base, "choices": [choice]}
+                yield _chunk(base, chat, r.include_usage, None, first=True)
+            if r.echo:
+                yield _chunk(base, chat, r.include_usage, r.echo)
+            while True:
+                try:
+                    event, value = await job.get(KEEPALIVE_S)
+                except TimeoutError:  # still queued or thinking: a comment keeps proxies open, finds lost clients
+                    yield ": keep-alive\n\n"
+                    continue
+                if event == "text":
+                    yield _chunk(base, chat, r.include_usage, value)
+                elif event == "error":
+                    job.answered = True  # type: ignore[attr-defined]
+                    _note(request, "internal error")
+                    error = APIError(500, value, None, "internal_error", type="server_error").body()
+                    yield f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n"
+                    return
+                else:
+                    break
+            finished(request, job, value)
+            yield _chunk(base, chat, r.include_usage, None, value.finish_reason)
             if r.include_usage:
-                body["usage"] = None  # OpenAI: null on every chunk but the last, which carries the counts
-            return f"data: {json.dumps(body)}\n\n".encode()
+                yield f"data: {json.dumps({**base, 'choices': [], 'usage': _usage(value)})}\n\n"
+            yield "data: [DONE]\n\n"
+        except Exception:  # a bug after the status line went out: end the stream with an error event
+            log.exception("stream failed")
+            job.answered = True  # type: ignore[attr-defined]
+            _note(request, "internal error")
+            error = APIError(500, "internal server error; see the server log", None, "internal_error",
+                             type="server_error")
+            yield f"data: {json.dumps(error.body())}\n\ndata: [DONE]\n\n"
 
-        self.close_connection = True  # the stream's end is the connection's end (no Content-Length)
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("X-Accel-Buffering", "no")  # ask proxies not to buffer the stream
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.responded = self.streaming = True
-        if chat:
-            self._write(chunk(None, first=True))
-        if r.echo:
-            self._write(chunk(r.echo))
-        while True:
-            try:
-                event, value = job.events.get(timeout=KEEPALIVE_S)
-            except queue.Empty:  # still queued or thinking: a comment line keeps proxies open, finds lost clients
-                self._write(b": keep-alive\n\n")
-                continue
-            if event == "text":
-                self._write(chunk(value))
-            elif event == "error":
-                self.note = "internal error"
-                error = APIError(500, value, None, "internal_error", type="server_error").body()
-                self._write(f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode())
-                return
-            else:
-                break
-        done: Completion = value
-        self.note = f"prompt={done.prompt_tokens} completion={done.completion_tokens} finish={done.finish_reason}"
-        self._write(chunk(None, done.finish_reason))
-        if r.include_usage:
-            self._write(f"data: {json.dumps({**base, 'choices': [], 'usage': _usage(done)})}\n\n".encode())
-        self._write(b"data: [DONE]\n\n")
+    app.state.engine = engine
+    return app
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
+# ---------------------------------------------------------------------------------------------------
+# uvicorn
+
+class _Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, answering a request that is not HTTP with JSON like every other error."""
+
+    def send_400_response(self, msg: str) -> None:
+        import h11
+
+        data = json.dumps(APIError(400, f"malformed HTTP request: {msg}", None, "invalid_http").body()).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                   (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=data),
+                      h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
 
-class ChatServer(ThreadingHTTPServer):
-    """The HTTP server: its engine, its limits, and the route table of ``Handler``."""
+class ChatServer:
+    """A bound server: its engine, its FastAPI ``app``, and uvicorn answering on ``url``.
 
-    daemon_threads = True  # a hung connection must not keep the process alive at exit
-    request_queue_size = 64  # the listen backlog: a burst of clients is accepted, then answered (maybe 429)
-    routes: ClassVar[dict[str, dict[str, Any]]] = {
-        "/": {"GET": Handler._page},
-        "/index.html": {"GET": Handler._page},
-        "/health": {"GET": Handler._health},
-        "/v1/models": {"GET": Handler._models},
-        "/v1/chat/completions": {"POST": Handler._chat},
-        "/v1/completions": {"POST": Handler._completions},
-    }
+    ``serve_forever()`` answers until ``shutdown()`` (from another thread) or Ctrl-C; ``server_close()``
+    then stops the engine. The socket is bound in the constructor, so a busy port is an error at once and
+    port 0 has its number (``server_address``) before serving starts."""
 
-    def __init__(self, engine: Engine, config: ServerConfig, model_name: str):
+    def __init__(self, engine: Engine | BatchingEngine, config: ServerConfig, model_name: str):
         self.engine, self.config, self.model_name = engine, config, model_name
-        ctx = engine.model.cfg.max_seq_len
-        self.prompt_limit = min(config.max_prompt_tokens or ctx, ctx)
-        self.created = int(time.time())
-        super().__init__((config.host, config.port), Handler)
-
-    def server_close(self) -> None:
-        super().server_close()
-        self.engine.close()
+        self.app = create_app(engine, config, model_name)
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.socket.bind((config.host, config.port))
+        except OSError:
+            self.socket.close()
+            raise
+        self.socket.listen(64)  # the backlog: a burst of clients is accepted, then answered (maybe 429)
+        self.server_address = self.socket.getsockname()
+        self._uvicorn = uvicorn.Server(uvicorn.Config(
+            self.app, http=_Protocol, lifespan="off", access_log=False, log_config=None,
+            timeout_keep_alive=max(1, int(config.timeout_s)), timeout_graceful_shutdown=2))
+        self._uvicorn.install_signal_handlers = lambda: None  # Ctrl-C reaches serve_forever as KeyboardInterrupt
+        self._stopped = threading.Event()
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def serve_forever(self) -> None:
+        """Answer requests until ``shutdown()`` (uvicorn looks for it every 0.1 s)."""
+        try:
+            asyncio.run(self._uvicorn.serve(sockets=[self.socket]))
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop serving (from another thread); returns once ``serve_forever`` has returned."""
+        self._uvicorn.should_exit = True
+        self._stopped.wait(timeout=10)
+
+    def server_close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.socket.close()
+        self.engine.close()
 
 
 def _model_name(ckpt: str | Path) -> str:
