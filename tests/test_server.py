@@ -381,6 +381,8 @@ def test_a_bug_in_generation_is_a_500_without_traceback_and_the_server_goes_on(s
     assert status == 200 and chunks[-1] == "[DONE]" and chunks[-2]["error"]["code"] == "internal_error"
     assert "secret" not in text
     monkeypatch.undo()
+    if isinstance(server.engine, BatchingEngine):  # the failed step's requests gave their blocks back
+        assert wait_until(lambda: server.engine.batcher.pool.held() == 0, 5)
     assert reply(server, max_tokens=2, seed=1)[1]["usage"]["completion_tokens"] <= 2
 
 
@@ -414,6 +416,13 @@ def test_full_queue_answers_429_quickly(server, monkeypatch):
             t.join(timeout=10)
     assert results == [200] * admitted
     assert wait_until(lambda: server.engine.admitted == 0)
+
+
+def test_a_closed_engine_refuses_new_requests_with_503(ckpt):
+    with running(ckpt) as srv:
+        srv.engine.close()
+        status, _, body = chat_req(srv, max_tokens=2)
+        assert_api_error(status, body, 503, None, "shutting_down")
 
 
 @pytest.mark.parametrize("queue", [2, 16])

@@ -423,6 +423,7 @@ class _Admission:
 
     def _init_admission(self) -> None:
         self._admitted = 0
+        self._closed = False  # once close() is called nothing new is admitted: the worker is finishing
         self._lock = threading.Lock()
 
     @property
@@ -432,6 +433,8 @@ class _Admission:
 
     def _admit(self) -> None:
         with self._lock:
+            if self._closed:
+                raise APIError(503, "the server is shutting down", None, "shutting_down", type="server_error")
             if self._admitted >= self.capacity:
                 raise APIError(429, f"the server is busy: {self._admitted} requests are already waiting or "
                                     "running; retry shortly", None, "queue_full", type="rate_limit_error")
@@ -464,6 +467,8 @@ class Engine(_Admission):
         return job
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         self._jobs.put(None)
         self._worker.join(timeout=10)
 
@@ -552,6 +557,8 @@ class BatchingEngine(_Admission):
         return job
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         self._incoming.put(None)
         self._worker.join(timeout=10)
 
