@@ -7,7 +7,8 @@ import pytest
 
 from mmlab.config import PRESETS, ModelConfig, RopeScaling, get_preset
 from mmlab.errors import ConfigError
-from mmlab.model.summary import param_breakdown, summarize
+from mmlab.model import MiniMindLM
+from mmlab.model.summary import active_params, param_breakdown, summarize
 
 
 def total_params(cfg):
@@ -16,10 +17,22 @@ def total_params(cfg):
 
 @pytest.mark.parametrize(
     ("preset", "expected"),
-    [("minimind-26m", 25_829_888), ("minimind-104m", 104_030_976)],
+    [("minimind-26m", 25_829_888), ("minimind-104m", 104_030_976), ("minimind-3", 63_912_192),
+     ("minimind-3-moe", 198_416_640)],
 )
 def test_minimind_presets_have_minimind_parameter_counts(preset, expected):
     assert total_params(get_preset(preset)) == expected
+    assert sum(p.numel() for p in MiniMindLM(get_preset(preset)).parameters()) == expected  # the model agrees
+
+
+def test_minimind3_is_qwen3_shaped_and_its_moe_activates_one_expert():
+    cfg = get_preset("minimind-3")
+    assert (cfg.qk_norm, cfg.n_layers, cfg.hidden_size, cfg.n_heads, cfg.kv_heads, cfg.head_dim,
+            cfg.resolved_ffn_size, cfg.vocab_size, cfg.tie_embeddings, cfg.rope_theta) == (
+        True, 8, 768, 8, 4, 96, 2432, 6400, True, 1e6)
+    moe = get_preset("minimind-3-moe")
+    assert (moe.n_experts, moe.n_experts_per_tok, moe.n_shared_experts) == (4, 1, 0)
+    assert active_params(moe) == 63_936_768 and active_params(cfg) == 63_912_192
 
 
 def test_small_presets_sizes():

@@ -11,8 +11,8 @@ from mmlab.model import MiniMindLM
 @pytest.mark.parametrize(
     "changes",
     [{}, {"n_kv_heads": 1}, {"pos_encoding": "learned"}, {"pos_encoding": "alibi"},
-     {"pos_encoding": "sinusoidal", "norm_position": "post"}, {"attn_impl": "explicit"}],
-    ids=["gqa-rope", "mqa", "learned", "alibi", "sinusoidal-post", "explicit"],
+     {"pos_encoding": "sinusoidal", "norm_position": "post"}, {"attn_impl": "explicit"}, {"qk_norm": True}],
+    ids=["gqa-rope", "mqa", "learned", "alibi", "sinusoidal-post", "explicit", "qk-norm"],
 )
 @pytest.mark.parametrize("static", [True, False], ids=["static", "growing"])
 def test_cached_decoding_gives_the_logits_of_full_recompute(nano, changes, static):

@@ -56,7 +56,10 @@ def hf_greedy(hf_model, ids, n, stops):
     {"n_kv_heads": None, "tie_embeddings": False, "rope_theta": 5e4,
      "rope_scaling": RopeScaling(kind="linear", factor=2.0)},
     {"n_kv_heads": 1, "rope_scaling": RopeScaling(kind="yarn", factor=4.0, original_max_seq_len=32), "dropout": 0.1},
-], ids=["gqa-tied", "mha-untied-linear", "mqa-yarn"])
+    {"qk_norm": True},  # a Qwen3
+    {"qk_norm": True, "n_experts": 4, "n_experts_per_tok": 1, "tie_embeddings": False},  # Qwen3-MoE, MiniMind-3's
+    {"qk_norm": True, "n_experts": 4, "n_experts_per_tok": 2},  # Qwen3-MoE, renormalised top-2
+], ids=["gqa-tied", "mha-untied-linear", "mqa-yarn", "qwen3", "qwen3-moe-top1", "qwen3-moe-top2"])
 def test_export_loads_in_transformers_and_imports_back(bpe, tmp_path, changes):
     cfg = get_preset("nano", vocab_size=bpe.vocab_size, max_seq_len=192, **changes).replace(name="exported")
     ours = random_model(cfg)
@@ -66,6 +69,8 @@ def test_export_loads_in_transformers_and_imports_back(bpe, tmp_path, changes):
 
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    expected = "Qwen3Moe" if cfg.n_experts else "Qwen3" if cfg.qk_norm else "Llama"
+    assert type(theirs).__name__ == f"{expected}ForCausalLM"
     assert theirs.config.tie_word_embeddings == cfg.tie_embeddings
     assert theirs.config.num_key_value_heads == cfg.kv_heads
     # logits
@@ -323,5 +328,26 @@ def test_minimind2_moe_folder_imports_and_minimind3_is_refused(bpe, tmp_path, ca
     state["model.layers.0.self_attn.q_norm.weight"] = torch.ones(cfg.head_dim)
     folder3 = minimind2_folder(tmp_path / "minimind-3", config, state, bpe)
     assert main(["import", "hf", "--hf", str(folder3), "--out", str(tmp_path / "m3")]) == 1
-    assert "a MiniMind-3 checkpoint (QK-norm in attention)" in capsys.readouterr().err
+    assert "a MiniMind-3 checkpoint (QK-norm in attention) in MiniMind's own format" in capsys.readouterr().err
     assert not (tmp_path / "m3").exists()
+
+
+def test_a_qwen3_moe_saved_by_transformers_imports_with_its_logits(bpe, tmp_path):
+    """A folder written by transformers itself (no mmlab stash; experts in whatever layout its version saves)."""
+    config = transformers.Qwen3MoeConfig(vocab_size=bpe.vocab_size, hidden_size=64, intermediate_size=96,
+                                         moe_intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
+                                         norm_topk_prob=True, max_position_embeddings=128, tie_word_embeddings=False)
+    theirs = transformers.Qwen3MoeForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_(0, 0.3) if p.dim() > 1 else p.uniform_(0.5, 1.5)
+    theirs.save_pretrained(tmp_path / "hf")
+    bpe.save(tmp_path / "hf" / "tokenizer.json")
+    import_hf(tmp_path / "hf", tmp_path / "back")
+    back = load_model(tmp_path / "back").eval()
+    assert (back.cfg.qk_norm, back.cfg.n_experts, back.cfg.n_experts_per_tok, back.cfg.resolved_ffn_size) == (
+        True, 4, 2, 96)
+    idx = torch.randint(0, bpe.vocab_size, (2, 40))
+    with torch.no_grad():
+        assert (back(idx).logits - theirs(idx).logits).abs().max().item() <= 1e-4

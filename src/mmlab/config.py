@@ -91,6 +91,7 @@ class ModelConfig:
     # attention
     causal: bool = True  # False lets every token see the future (the lesson on what the mask is for)
     attn_impl: str = "sdpa"  # "explicit" computes softmax(QK^T/sqrt(d))V by hand and can return weights
+    qk_norm: bool = False  # RMSNorm over head_dim on every query and key head, before RoPE (Qwen3, OLMo 2)
     # feed-forward
     ffn_act: str = "swiglu"
     ffn_size: int | None = None
@@ -342,6 +343,18 @@ PRESETS: dict[str, ModelConfig] = {
     "minimind-104m": ModelConfig(
         name="minimind-104m", vocab_size=6400, hidden_size=768, n_layers=16, n_heads=8, n_kv_heads=2,
         max_seq_len=512, rope_theta=1e6,
+    ),
+    # MiniMind-3 (2026-04), aligned with Qwen3: QK-norm, 8 x 768, 8 query / 4 KV heads of 96, FFN 2432, tied;
+    # 63,912,192 parameters. Its MoE sibling: 4 routed experts, top-1, no shared expert (198,416,640 in all,
+    # 63,936,768 active per token). Both load into transformers' Qwen3ForCausalLM / Qwen3MoeForCausalLM.
+    "minimind-3": ModelConfig(
+        name="minimind-3", vocab_size=6400, hidden_size=768, n_layers=8, n_heads=8, n_kv_heads=4,
+        ffn_size=2432, max_seq_len=2048, rope_theta=1e6, norm_eps=1e-6, qk_norm=True,
+    ),
+    "minimind-3-moe": ModelConfig(
+        name="minimind-3-moe", vocab_size=6400, hidden_size=768, n_layers=8, n_heads=8, n_kv_heads=4,
+        ffn_size=2432, max_seq_len=2048, rope_theta=1e6, norm_eps=1e-6, qk_norm=True,
+        n_experts=4, n_experts_per_tok=1, n_shared_experts=0,
     ),
 }
 

@@ -1,4 +1,5 @@
-"""Hugging Face export and import: an mmlab checkpoint <-> a folder that `transformers` loads as a Llama.
+"""Hugging Face export and import: an mmlab checkpoint <-> a folder that `transformers` loads as a Llama
+(or, with ``qk_norm`` on, as a Qwen3; with routed experts too, as a Qwen3-MoE).
 
     mmlab export hf --ckpt runs/sft --out hf/tiny-chat
     >>> from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -11,9 +12,11 @@
 With the Llama switches our model *is* a Llama (``model/hf.py`` renames the tensors and maps the config),
 so the export is a rename plus the files ``transformers`` expects:
 
-    config.json              a LlamaConfig, plus "mmlab_config" (our ModelConfig) so that an import restores
-                             fields Llama has no place for (dropout, init, the preset's name) exactly
-    model.safetensors        the weights under Llama's names; a tied LM head is stored once
+    config.json              a LlamaConfig (Qwen3Config, Qwen3MoeConfig: ``model/hf.py hf_architecture``), plus
+                             "mmlab_config" (our ModelConfig) so that an import restores fields those have no
+                             place for (dropout, init, the preset's name) exactly
+    model.safetensors        the weights under Llama's / Qwen3's names (experts one matrix each, as on the hub);
+                             a tied LM head is stored once
     generation_config.json   stop on <|im_end|> (end of a chat turn) and <|endoftext|> (end of a document)
     tokenizer.json           byte-level BPE: our own file, unchanged (it *is* a `tokenizers` file);
                              characters: a `tokenizers` WordLevel model over single characters
@@ -53,9 +56,10 @@ from mmlab.model.hf import (
     from_llama_config_dict,
     from_minimind_config_dict,
     from_minimind_state_dict,
-    llama_incompatibilities,
+    hf_architecture,
+    hf_incompatibilities,
+    to_hf_config_dict,
     to_hf_state_dict,
-    to_llama_config_dict,
 )
 from mmlab.model.lm import MiniMindLM
 from mmlab.tokenizer.base import BPE_FILE, ENDOFTEXT, IM_END, IM_START, Tokenizer
@@ -65,6 +69,7 @@ from mmlab.tokenizer.char import UNK, CharTokenizer
 HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 TORCH_WEIGHTS = "pytorch_model.bin"
 MINIMIND_TYPES = ("minimind",)  # MiniMind2's MiniMindConfig.model_type
+HF_TYPES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
 TOKENIZER_CONFIG, GENERATION_CONFIG = "tokenizer_config.json", "generation_config.json"
 MMLAB_KEY = "mmlab_config"
 CHAR_SPLIT = r"[\s\S]"  # one pre-token per Unicode code point, newlines included: a char tokenizer
@@ -139,12 +144,14 @@ def hf_tokenizer_files(tok: Tokenizer, max_len: int) -> tuple[dict[str, str], li
 
 
 def hf_config(cfg: ModelConfig, tok: Tokenizer | None) -> dict[str, Any]:
-    """config.json of LlamaForCausalLM for ``cfg`` (ConfigError naming the switches when it is no Llama)."""
+    """config.json of LlamaForCausalLM (or Qwen3's, Qwen3-MoE's) for ``cfg`` (ConfigError naming the switches
+    that keep it from being one)."""
     ids = {s: (tok.token_to_id(s) if tok is not None else None) for s in (ENDOFTEXT, IM_END)}
+    arch = hf_architecture(cfg)
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        **to_llama_config_dict(cfg),
+        "architectures": [HF_TYPES[arch]],
+        "model_type": arch,
+        **to_hf_config_dict(cfg),
         "torch_dtype": "float32",
         "bos_token_id": None,
         "eos_token_id": ids[IM_END] if ids[IM_END] is not None else ids[ENDOFTEXT],
@@ -155,7 +162,8 @@ def hf_config(cfg: ModelConfig, tok: Tokenizer | None) -> dict[str, Any]:
 
 
 def export_hf(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
-    """Write the checkpoint ``ckpt`` (a LoRA adapter merged in) as a Hugging Face Llama folder ``out``.
+    """Write the checkpoint ``ckpt`` (a LoRA adapter merged in) as a Hugging Face Llama (Qwen3, Qwen3-MoE)
+    folder ``out``.
 
     Returns {"out", "files", "notes"}; notes say what was not exported (e.g. a tokenizer kind).
     """
@@ -163,9 +171,10 @@ def export_hf(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> dic
 
     folder = resolve_checkpoint(ckpt)
     cfg = ModelConfig.from_json(folder / "config.json")
-    problems = llama_incompatibilities(cfg)
+    problems = hf_incompatibilities(cfg)
     if problems:
-        raise ExportError(f"{folder} cannot be exported as a Llama: {'; '.join(problems)}")
+        name = {"llama": "a Llama", "qwen3": "a Qwen3", "qwen3_moe": "a Qwen3-MoE"}[hf_architecture(cfg)]
+        raise ExportError(f"{folder} cannot be exported as {name}: {'; '.join(problems)}")
     if (folder / "quant_config.json").is_file():
         raise ExportError(f"{folder} is quantized (int weights and scales): export the full-precision checkpoint "
                           "it came from")
@@ -207,10 +216,10 @@ def read_hf_config(hf_dir: Path) -> ModelConfig:
         raise ExportError(f"{hf_dir}: no {HF_CONFIG} (not a Hugging Face model folder)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ExportError(f"{path}: cannot read it ({e})") from None
-    if not isinstance(data, dict) or data.get("model_type") not in ("llama", *MINIMIND_TYPES):
+    if not isinstance(data, dict) or data.get("model_type") not in (*HF_TYPES, *MINIMIND_TYPES):
         kind = data.get("model_type") if isinstance(data, dict) else None
-        raise ExportError(f"{path}: model_type={kind!r}; only Llama models (model_type 'llama') and MiniMind2 "
-                          "models (model_type 'minimind') can be imported")
+        raise ExportError(f"{path}: model_type={kind!r}; only Llama, Qwen3 and Qwen3-MoE models (model_type "
+                          f"{', '.join(map(repr, HF_TYPES))}) and MiniMind2 models ('minimind') can be imported")
     if data["model_type"] in MINIMIND_TYPES:
         raise ExportError(f"{path}: a MiniMind2 model: import it with import_hf (read_minimind_config)")
     try:
@@ -227,9 +236,9 @@ def read_hf_config(hf_dir: Path) -> ModelConfig:
         arch = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_parameters",
                 "tie_word_embeddings")
-        if not llama_incompatibilities(ours):
-            mine, theirs = to_llama_config_dict(ours), to_llama_config_dict(cfg)
-            if all(mine[k] == theirs[k] for k in arch):
+        if not hf_incompatibilities(ours) and hf_architecture(ours) == hf_architecture(cfg):
+            mine, theirs = to_hf_config_dict(ours), to_hf_config_dict(cfg)
+            if all(mine[k] == theirs[k] for k in arch) and mine.get("num_experts") == theirs.get("num_experts"):
                 return ours
     return cfg
 
@@ -249,8 +258,9 @@ def read_minimind_config(hf_dir: Path, state: dict[str, torch.Tensor]) -> tuple[
     path = hf_dir / HF_CONFIG
     data = json.loads(path.read_text(encoding="utf-8"))
     if any(".q_norm." in k or ".k_norm." in k for k in state):
-        raise ExportError(f"{hf_dir}: a MiniMind-3 checkpoint (QK-norm in attention), which mmlab's decoder cannot "
-                          "represent yet; MiniMind2 folders import")
+        raise ExportError(f"{hf_dir}: a MiniMind-3 checkpoint (QK-norm in attention) in MiniMind's own format, whose "
+                          "tensor names mmlab does not map yet; its Qwen3-format folders (model_type 'qwen3') and "
+                          "MiniMind2 folders import")
     emb, head = state.get("model.embed_tokens.weight"), state.get("lm_head.weight")
     if emb is None and head is not None:  # a tied pair saved once, under the head's name
         emb = state["model.embed_tokens.weight"] = state.pop("lm_head.weight")

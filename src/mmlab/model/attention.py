@@ -16,6 +16,7 @@ from torch import nn
 
 from mmlab.config import ModelConfig
 from mmlab.model.kv_cache import KVCache
+from mmlab.model.norm import RMSNorm
 from mmlab.model.rope import apply_rope
 
 
@@ -69,6 +70,10 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.kv_heads * cfg.head_dim, bias=cfg.bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        # QK-norm (Qwen3, OLMo 2, Gemma 3): each head's query and key get unit RMS (times a learned gain per
+        # dimension, shared by the heads), so the logits q.k / sqrt(d) cannot grow with the weights' scale
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(
         self,
@@ -81,8 +86,11 @@ class Attention(nn.Module):
         """rope: (cos, sin) for the positions of x; bias: additive score bias (ALiBi);
         cache: past keys/values (decoding). Returns (output, weights or None)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:  # over head_dim, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, D), (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)

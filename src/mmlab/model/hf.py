@@ -1,8 +1,10 @@
-"""Mapping between mmlab's model and Hugging Face `transformers`' Llama.
+"""Mapping between mmlab's model and Hugging Face `transformers`' Llama and Qwen3.
 
 A model with the Llama switches (RMSNorm, Pre-LN, RoPE, causal, SwiGLU, residuals, no biases) has
-the same tensors as LlamaForCausalLM under other names; these functions translate names and config.
-This module does not import `transformers`: the caller builds the HF objects.
+the same tensors as LlamaForCausalLM under other names; with ``qk_norm`` on as well it is a Qwen3
+(Qwen3ForCausalLM: the same, plus an RMSNorm over head_dim on queries and keys), and with routed
+experts and no shared one a Qwen3-MoE (Qwen3MoeForCausalLM). These functions translate names and
+config. This module does not import `transformers`: the caller builds the HF objects.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ _LAYER_NAMES = {
     "attn.k_proj.weight": "self_attn.k_proj.weight",
     "attn.v_proj.weight": "self_attn.v_proj.weight",
     "attn.o_proj.weight": "self_attn.o_proj.weight",
+    "attn.q_norm.weight": "self_attn.q_norm.weight",  # Qwen3 (qk_norm)
+    "attn.k_norm.weight": "self_attn.k_norm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn.gate_proj.weight": "mlp.gate_proj.weight",
     "ffn.up_proj.weight": "mlp.up_proj.weight",
@@ -31,22 +35,48 @@ _TOP_NAMES = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "mod
               "lm_head.weight": "lm_head.weight"}
 
 
-def llama_incompatibilities(cfg: ModelConfig) -> list[str]:
-    """The switches that make ``cfg`` differ from a Llama (empty list: it is one)."""
-    wanted = {"norm": "rmsnorm", "norm_position": "pre", "pos_encoding": "rope", "causal": True,
-              "ffn_act": "swiglu", "residual": True, "bias": False, "use_attn": True, "use_ffn": True,
-              "parallel_block": False, "n_experts": 0}
-    problems = [f"{k}={getattr(cfg, k)!r} (Llama: {v!r})" for k, v in wanted.items() if getattr(cfg, k) != v]
+_LLAMA_SWITCHES = {"norm": "rmsnorm", "norm_position": "pre", "pos_encoding": "rope", "causal": True,
+                   "ffn_act": "swiglu", "residual": True, "bias": False, "use_attn": True, "use_ffn": True,
+                   "parallel_block": False}
+
+
+def hf_architecture(cfg: ModelConfig) -> str:
+    """The `transformers` model_type that ``cfg`` would be: "llama", "qwen3" (QK-norm) or "qwen3_moe"."""
+    if cfg.qk_norm:
+        return "qwen3_moe" if cfg.n_experts else "qwen3"
+    return "llama"
+
+
+def hf_incompatibilities(cfg: ModelConfig) -> list[str]:
+    """The switches that keep ``cfg`` from being its ``hf_architecture`` (empty list: it is one)."""
+    arch = hf_architecture(cfg)
+    name = {"llama": "Llama", "qwen3": "Qwen3", "qwen3_moe": "Qwen3-MoE"}[arch]
+    problems = [f"{k}={getattr(cfg, k)!r} ({name}: {v!r})" for k, v in _LLAMA_SWITCHES.items() if getattr(cfg, k) != v]
+    if arch == "llama" and cfg.n_experts:
+        problems.append(f"n_experts={cfg.n_experts} (a Llama is dense; experts export as Qwen3-MoE, which also "
+                        "needs qk_norm=True)")
+    if arch == "qwen3_moe" and cfg.n_shared_experts:
+        problems.append(f"n_shared_experts={cfg.n_shared_experts} (Qwen3-MoE has routed experts only)")
     if cfg.rope_scaling is not None and cfg.rope_scaling.kind == "ntk":
-        problems.append("rope_scaling.kind='ntk' (no static NTK scaling in transformers' Llama)")
+        problems.append(f"rope_scaling.kind='ntk' (no static NTK scaling in transformers' {name})")
     return problems
 
 
-def to_llama_config_dict(cfg: ModelConfig) -> dict[str, Any]:
-    """Keyword arguments for ``transformers.LlamaConfig``."""
-    problems = llama_incompatibilities(cfg)
+def llama_incompatibilities(cfg: ModelConfig) -> list[str]:
+    """The switches that make ``cfg`` differ from a Llama (empty list: it is one)."""
+    problems = hf_incompatibilities(cfg.replace(qk_norm=False))
+    if cfg.qk_norm:
+        problems.insert(0, "qk_norm=True (Llama: False; a model with QK-norm is a Qwen3)")
+    return problems
+
+
+def to_hf_config_dict(cfg: ModelConfig) -> dict[str, Any]:
+    """Keyword arguments for the config class of ``hf_architecture(cfg)`` (LlamaConfig, Qwen3Config or
+    Qwen3MoeConfig)."""
+    arch = hf_architecture(cfg)
+    problems = hf_incompatibilities(cfg)
     if problems:
-        raise ConfigError("not a Llama-compatible config: " + "; ".join(problems))
+        raise ConfigError(f"not a {arch}-compatible config: " + "; ".join(problems))
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     if cfg.rope_scaling is not None:
         s = cfg.rope_scaling
@@ -54,7 +84,7 @@ def to_llama_config_dict(cfg: ModelConfig) -> dict[str, Any]:
         if s.kind == "yarn":
             rope |= {"original_max_position_embeddings": s.original_max_seq_len,
                      "beta_fast": s.beta_fast, "beta_slow": s.beta_slow}
-    return {
+    out = {
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.resolved_ffn_size,
@@ -70,18 +100,44 @@ def to_llama_config_dict(cfg: ModelConfig) -> dict[str, Any]:
         "tie_word_embeddings": cfg.tie_embeddings,
         "hidden_act": "silu",
         "attention_bias": False,
-        "mlp_bias": False,
         "attention_dropout": cfg.resolved_attn_dropout,
         "initializer_range": cfg.init_std,
     }
+    if arch == "llama":
+        return out | {"mlp_bias": False}
+    out |= {"use_sliding_window": False, "sliding_window": None, "max_window_layers": cfg.n_layers}
+    if arch == "qwen3_moe":  # every layer sparse; our top-1 keeps the raw probability, as norm_topk_prob=False
+        out |= {"num_experts": cfg.n_experts, "num_experts_per_tok": cfg.n_experts_per_tok,
+                "moe_intermediate_size": cfg.resolved_ffn_size, "decoder_sparse_step": 1, "mlp_only_layers": [],
+                "norm_topk_prob": cfg.moe_norm_topk and cfg.n_experts_per_tok > 1,
+                "router_aux_loss_coef": cfg.moe_aux_loss_coef, "output_router_logits": False}
+    return out
+
+
+def to_llama_config_dict(cfg: ModelConfig) -> dict[str, Any]:
+    """Keyword arguments for ``transformers.LlamaConfig``."""
+    problems = llama_incompatibilities(cfg)
+    if problems:
+        raise ConfigError("not a Llama-compatible config: " + "; ".join(problems))
+    return to_hf_config_dict(cfg)
+
+
+_EXPERT_NAMES = [  # mmlab -> Qwen3-MoE (and MiniMind's routed experts): the router is `mlp.gate`
+    (re.compile(r"blocks\.(\d+)\.ffn\.router\.weight"), r"model.layers.\1.mlp.gate.weight"),
+    (re.compile(r"blocks\.(\d+)\.ffn\.experts\.(\d+)\.(gate|up|down)_proj\.weight"),
+     r"model.layers.\1.mlp.experts.\2.\3_proj.weight"),
+]
 
 
 def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Rename an mmlab state dict to LlamaForCausalLM's names."""
+    """Rename an mmlab state dict to LlamaForCausalLM's (or Qwen3's, Qwen3-MoE's) names."""
     out = {}
     for name, tensor in state.items():
+        expert = next(((p, t) for p, t in _EXPERT_NAMES if p.fullmatch(name)), None)
         m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
-        if m:
+        if expert is not None:
+            out[expert[0].sub(expert[1], name)] = tensor
+        elif m:
             out[f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"] = tensor
         else:
             out[_TOP_NAMES[name]] = tensor
@@ -90,14 +146,39 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[s
     return out
 
 
+def unfuse_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers >= 5 holds a layer's experts as two 3-d tensors, ``mlp.experts.gate_up_proj``
+    (experts, 2 * ffn, hidden) and ``mlp.experts.down_proj`` (experts, hidden, ffn): split them into the
+    per-expert matrices of the hub's files."""
+    out = {}
+    for name, tensor in state.items():
+        m = re.fullmatch(r"(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)", name)
+        if m is None:
+            out[name] = tensor
+            continue
+        for e in range(tensor.shape[0]):
+            if m.group(2) == "down_proj":
+                out[f"{m.group(1)}.{e}.down_proj.weight"] = tensor[e]
+            else:
+                gate, up = tensor[e].chunk(2, dim=0)
+                out[f"{m.group(1)}.{e}.gate_proj.weight"], out[f"{m.group(1)}.{e}.up_proj.weight"] = gate, up
+    return out
+
+
 def from_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Rename a LlamaForCausalLM state dict to mmlab's names (inverse of to_hf_state_dict)."""
+    """Rename a LlamaForCausalLM (or Qwen3, Qwen3-MoE) state dict to mmlab's names (inverse of to_hf_state_dict)."""
     layer_inv = {v: k for k, v in _LAYER_NAMES.items()}
     top_inv = {v: k for k, v in _TOP_NAMES.items()}
     out = {}
-    for name, tensor in state.items():
+    for name, tensor in unfuse_experts(state).items():
         m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
-        if m and m.group(2) in layer_inv:
+        expert = re.fullmatch(r"model\.layers\.(\d+)\.mlp\.(?:gate|experts\.(\d+)\.(gate|up|down)_proj)\.weight",
+                              name)
+        if expert is not None:
+            layer, e, which = expert.groups()
+            ours = "router" if e is None else f"experts.{e}.{which}_proj"
+            out[f"blocks.{layer}.ffn.{ours}.weight"] = tensor
+        elif m and m.group(2) in layer_inv:
             out[f"blocks.{m.group(1)}.{layer_inv[m.group(2)]}"] = tensor
         elif name in top_inv:
             out[top_inv[name]] = tensor
@@ -110,12 +191,36 @@ def from_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict
 
 
 def from_llama_config_dict(d: dict[str, Any]) -> ModelConfig:
-    """The ModelConfig of a ``transformers`` Llama config.json (inverse of to_llama_config_dict).
+    """The ModelConfig of a ``transformers`` Llama, Qwen3 or Qwen3-MoE config.json (by its ``model_type``;
+    inverse of to_hf_config_dict).
 
     Reads both layouts of RoPE settings (``rope_parameters`` of transformers >= 5, ``rope_theta`` +
     ``rope_scaling`` before). Anything our model cannot reproduce exactly is refused with the reason.
     """
     problems = []
+    arch = d.get("model_type", "llama")
+    extra: dict[str, Any] = {}
+    if arch in ("qwen3", "qwen3_moe"):
+        extra["qk_norm"] = True
+        if d.get("use_sliding_window"):
+            problems.append("use_sliding_window=true (not yet a switch of mmlab's attention)")
+    if arch == "qwen3_moe":
+        if d.get("decoder_sparse_step", 1) != 1 or d.get("mlp_only_layers"):
+            problems.append("dense layers between the sparse ones (decoder_sparse_step / mlp_only_layers): mmlab's "
+                            "MoE models have experts in every layer")
+        try:
+            k = int(d.get("num_experts_per_tok", 8))
+            n_experts = d.get("num_experts") or d.get("num_local_experts") or 128  # transformers 5's name
+            extra |= {"n_experts": int(n_experts), "n_experts_per_tok": k, "n_shared_experts": 0,
+                      "moe_norm_topk": bool(d.get("norm_topk_prob", False)) or k == 1,  # top-1: no effect
+                      "moe_aux_loss_coef": float(d.get("router_aux_loss_coef", 0.001))}
+            if d.get("moe_intermediate_size") is not None:
+                d = {**d, "intermediate_size": int(d["moe_intermediate_size"])}
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"not a Qwen3-MoE config: {e}") from None
+        if k == 1 and d.get("norm_topk_prob", False):
+            problems.append("norm_topk_prob=true with top-1 (every weight would be 1; mmlab's top-1 keeps the "
+                            "router's probability, so the router still learns from the task loss)")
     if d.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act={d['hidden_act']!r} (mmlab's SwiGLU uses 'silu')")
     problems += [f"{k}=true (mmlab's Llama has no biases)" for k in ("attention_bias", "mlp_bias") if d.get(k)]
@@ -165,9 +270,9 @@ def from_llama_config_dict(d: dict[str, Any]) -> ModelConfig:
     elif kind != "default":
         problems.append(f"rope_type={kind!r} (mmlab has default, linear and yarn)")
     if problems:
-        raise ConfigError("this Llama cannot be loaded as an mmlab model: " + "; ".join(problems))
+        raise ConfigError(f"this {arch} model cannot be loaded as an mmlab model: " + "; ".join(problems))
     dropout = float(d.get("attention_dropout") or 0.0)
-    return ModelConfig(**fields, norm_eps=float(d.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
+    return ModelConfig(**fields, **extra, norm_eps=float(d.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
                        rope_scaling=scaling, tie_embeddings=bool(d.get("tie_word_embeddings", False)),
                        attn_dropout=dropout or None, init_std=float(d.get("initializer_range", 0.02)),
                        name=str(d.get("_name_or_path") or "llama"))

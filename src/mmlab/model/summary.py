@@ -103,7 +103,7 @@ def format_summary(s: dict[str, Any]) -> str:
             f"{cfg['n_heads']} heads / {cfg['n_kv_heads'] or cfg['n_heads']} KV heads ({kv}), "
             f"vocab {cfg['vocab_size']}, context {cfg['max_seq_len']}")
     switches = (f"norm={cfg['norm']} ({cfg['norm_position']}), pos={cfg['pos_encoding']}, "
-                f"ffn={cfg['ffn_act']}, tied={cfg['tie_embeddings']}")
+                f"ffn={cfg['ffn_act']}, tied={cfg['tie_embeddings']}" + (", qk_norm" if cfg.get("qk_norm") else ""))
     lines = [head, switches, "", f"{'component':<12}{'params':>14}{'share':>9}"]
     for name, n in p["by_component"].items():
         if n:
