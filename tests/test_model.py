@@ -21,6 +21,10 @@ SWITCHES = {
     "ffn_act": ["swiglu", "gelu", "relu", "relu2", "linear"],
     "use_attn": [False],
     "use_ffn": [False],
+    "qk_norm": [True],
+    "sliding_window": [4],
+    "attn_sinks": [True],
+    "attention": ["mla"],
 }
 
 
@@ -28,7 +32,8 @@ def one_at_a_time():
     """Every value of every switch, the others at their Llama defaults, plus a few combinations."""
     for field, values in SWITCHES.items():
         for v in values:
-            yield {field: v}
+            yield {field: v, "n_kv_heads": None} if field == "attention" else {field: v}
+    yield {"sliding_window": 3, "global_every": 2, "attn_sinks": True, "attention": "mla", "n_kv_heads": None}
     for kv, causal, residual, tie, impl in itertools.product([4, 2, 1], [True, False], [True, False],
                                                               [True, False], ["sdpa", "explicit"]):
         if (kv == 2) or (causal and residual):  # a spread, not the full product

@@ -28,6 +28,7 @@ ATTN_IMPLS = ("sdpa", "explicit")
 FFN_ACTS = ("swiglu", "gelu", "relu", "relu2", "linear")  # linear: no non-linearity (an ablation)
 GATED_ACTS = ("swiglu",)
 ROPE_SCALINGS = ("linear", "ntk", "yarn")
+ATTENTIONS = ("gqa", "mla")  # gqa: MHA / GQA / MQA by n_kv_heads; mla: multi-head latent attention
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,18 @@ class ModelConfig:
     causal: bool = True  # False lets every token see the future (the lesson on what the mask is for)
     attn_impl: str = "sdpa"  # "explicit" computes softmax(QK^T/sqrt(d))V by hand and can return weights
     qk_norm: bool = False  # RMSNorm over head_dim on every query and key head, before RoPE (Qwen3, OLMo 2)
+    # a query sees itself and the sliding_window - 1 tokens before it (Mistral, Gemma 3, gpt-oss); the KV cache
+    # of a windowed layer keeps only that window. global_every=k: layers k-1, 2k-1, ... see everything (Gemma 3:
+    # 6, five local layers to one global; gpt-oss: 2, alternating); 0: every layer is windowed.
+    sliding_window: int | None = None
+    global_every: int = 0
+    attn_sinks: bool = False  # a learned logit per head that takes attention mass and gives no value (gpt-oss)
+    # "mla": multi-head latent attention (DeepSeek-V2/V3): keys and values are expanded from a cached latent of
+    # mla_kv_rank numbers per token, plus one shared RoPE key of mla_rope_dim; each query head has head_dim
+    # "content" dimensions and mla_rope_dim rotated ones
+    attention: str = "gqa"
+    mla_kv_rank: int = 64
+    mla_rope_dim: int = 16
     # feed-forward
     ffn_act: str = "swiglu"
     ffn_size: int | None = None
@@ -135,6 +148,12 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.n_heads
 
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of layer ``layer`` (None: it attends to every earlier token)."""
+        if self.sliding_window is None or (self.global_every and (layer + 1) % self.global_every == 0):
+            return None
+        return self.sliding_window
+
     @property
     def gated_ffn(self) -> bool:
         return self.ffn_act in GATED_ACTS
@@ -165,6 +184,25 @@ class ModelConfig:
         _choice("pos_encoding", self.pos_encoding, POS_ENCODINGS)
         _choice("attn_impl", self.attn_impl, ATTN_IMPLS)
         _choice("ffn_act", self.ffn_act, FFN_ACTS)
+        _choice("attention", self.attention, ATTENTIONS)
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ConfigError(f"sliding_window={self.sliding_window} must be a positive integer or null")
+        if self.global_every < 0 or (self.global_every and self.sliding_window is None):
+            raise ConfigError(f"global_every={self.global_every} must be >= 0, and needs a sliding_window")
+        if (self.sliding_window is not None or self.attn_sinks) and not self.causal:
+            raise ConfigError("sliding_window and attn_sinks are for causal attention (causal=True)")
+        if self.attention == "mla":
+            if self.pos_encoding != "rope":
+                raise ConfigError(f"attention='mla' decouples a RoPE part; it needs pos_encoding='rope', not "
+                                  f"{self.pos_encoding!r}")
+            if self.n_kv_heads not in (None, self.n_heads):
+                raise ConfigError("attention='mla' has no KV heads to share (its keys and values come from one "
+                                  "latent): leave n_kv_heads null")
+            if self.qk_norm:
+                raise ConfigError("qk_norm is not defined for attention='mla' (it normalises the latent instead)")
+            if self.mla_kv_rank < 1 or self.mla_rope_dim < 2 or self.mla_rope_dim % 2:
+                raise ConfigError(f"mla_kv_rank={self.mla_kv_rank} must be >= 1 and mla_rope_dim="
+                                  f"{self.mla_rope_dim} an even number >= 2")
         if self.hidden_size % self.n_heads:
             raise ConfigError(
                 f"hidden_size={self.hidden_size} is not divisible by n_heads={self.n_heads} "
@@ -178,7 +216,7 @@ class ModelConfig:
                 f"n_heads={self.n_heads} is not divisible by n_kv_heads={kv} "
                 "(each KV head must serve a whole group of query heads)"
             )
-        if self.pos_encoding == "rope" and self.head_dim % 2:
+        if self.pos_encoding == "rope" and self.head_dim % 2 and self.attention != "mla":
             raise ConfigError(
                 f"head_dim={self.head_dim} (hidden_size / n_heads) is odd, but RoPE rotates pairs of "
                 "dimensions: choose an even head_dim"

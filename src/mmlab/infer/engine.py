@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mmlab.config import ModelConfig
 from mmlab.errors import MMLabError
 from mmlab.infer.generate import SamplingParams, sample_next
 from mmlab.model.lm import MiniMindLM
@@ -190,16 +191,27 @@ class _PagedView:
         pass
 
 
+def paged_incompatibility(cfg: ModelConfig) -> str | None:
+    """Why the paged engine cannot serve a model of config ``cfg`` (None: it can)."""
+    if not cfg.causal:
+        return "it caches keys and values, so it needs a causal model"
+    if cfg.pos_encoding == "alibi":
+        return "ALiBi's score bias would need per-row positions"
+    if cfg.sliding_window is not None or cfg.attn_sinks or cfg.attention != "gqa":
+        return ("its blocks hold full per-head keys and values, not sliding windows, sinks or MLA latents (those "
+                "models decode one request at a time)")
+    return None
+
+
 class Engine:
     """Continuous batching over a paged KV cache. ``max_batch``: sequences decoded together at most;
     ``n_blocks``: the pool (default: enough for ``max_batch`` sequences of ``max_seq_len``)."""
 
     def __init__(self, model: MiniMindLM, block_size: int = 16, n_blocks: int | None = None, max_batch: int = 16,
                  prefix_cache: bool = True, max_waiting: int = 1024):
-        if not model.cfg.causal:
-            raise MMLabError("the engine caches keys and values: it needs a causal model")
-        if model.cfg.pos_encoding == "alibi":
-            raise MMLabError("the engine does not support ALiBi (its score bias would need per-row positions)")
+        problem = paged_incompatibility(model.cfg)
+        if problem:
+            raise MMLabError(f"the engine cannot batch this model: {problem}")
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.max_batch, self.prefix_cache, self.max_waiting = max_batch, prefix_cache, max_waiting

@@ -997,6 +997,7 @@ def make_server(ckpt: str | Path, config: ServerConfig | None = None, device: st
     """Load a checkpoint and bind a server to ``config.host:config.port`` (port 0: any free port).
     Call ``serve_forever()`` to answer requests; ``shutdown()`` then ``server_close()`` to stop."""
     from mmlab.device import resolve_device
+    from mmlab.infer.engine import paged_incompatibility
     from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model
 
     config = config or ServerConfig()
@@ -1004,7 +1005,7 @@ def make_server(ckpt: str | Path, config: ServerConfig | None = None, device: st
     tokenizer = load_checkpoint_tokenizer(ckpt)
     model = load_model(ckpt, device=resolve_device(device))
     model.eval()
-    if config.batch > 1 and model.cfg.causal and model.cfg.pos_encoding != "alibi":
+    if config.batch > 1 and paged_incompatibility(model.cfg) is None:
         engine: Engine | BatchingEngine = BatchingEngine(model, tokenizer, config.queue, config.batch)
     else:  # one request at a time (also for the models the batching engine cannot cache)
         engine = Engine(model, tokenizer, config.queue)

@@ -4,6 +4,13 @@ Two paths give the same output (tested):
   * ``sdpa``: torch.nn.functional.scaled_dot_product_attention (fused kernels, flash on CUDA);
   * ``explicit``: softmax(Q K^T / sqrt(d) + mask) V written out, which can also return the
     attention weights for plots.
+
+Three switches of 2024-2026 models (``attend`` applies them, for this module and for ``mla.py``):
+  * ``qk_norm`` (Qwen3, OLMo 2, Gemma 3): RMSNorm on each query and key head before RoPE;
+  * ``sliding_window`` (Mistral, Gemma 3, gpt-oss): a query sees only the last ``window`` positions, so
+    a windowed layer's cache stops growing at the window (``KVCache``);
+  * ``attn_sinks`` (gpt-oss): one learned logit per head joins every softmax as a key with no value, so a
+    head can put its mass "nowhere" instead of on the first tokens (StreamingLLM's observation).
 """
 
 from __future__ import annotations
@@ -57,6 +64,44 @@ def explicit_attention(
     return dropped @ v, weights
 
 
+def window_bias(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+    """Additive (Tq, Tk) mask: 0 where query position i may see key position j (j <= i, and i - j < window),
+    -inf elsewhere."""
+    allowed = k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        allowed &= q_pos[:, None] - k_pos[None, :] < window
+    return torch.zeros(allowed.shape, dtype=dtype, device=q_pos.device).masked_fill(~allowed, float("-inf"))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, n_rep: int, bias: torch.Tensor | None, causal: bool,
+           dropout_p: float, explicit: bool, window: int | None = None, sinks: torch.Tensor | None = None,
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(q k^T / sqrt(d) + bias + masks) v. q: (B, H, Tq, D); k: (B, H/n_rep, Tk, D); v: (B, H/n_rep, Tk,
+    Dv). The queries are the last Tq of the Tk positions the keys cover (decoding with a cache). ``window``:
+    the sliding window; ``sinks``: (H,) logits of a key that has no value. Returns (out, weights or None);
+    weights (only with ``explicit``) leave out the sink, so a row sums to 1 minus the sink's share."""
+    Tq, Tk = q.shape[2], k.shape[2]
+    if window is not None or sinks is not None:  # one explicit mask holds causality, the window and the sink
+        start = Tk - Tq
+        pos = torch.arange(Tk, device=q.device)
+        mask = window_bias(pos[start:], pos, window, q.dtype) if causal else None
+        bias = mask if bias is None else (bias.to(q.dtype) if mask is None else bias.to(q.dtype) + mask)
+        causal = False
+        if sinks is not None:  # a zero key (score 0) and a zero value, plus the head's sink logit as its bias
+            B, H = q.shape[0], q.shape[1]
+            k = torch.cat([k, k.new_zeros(*k.shape[:2], 1, k.shape[3])], dim=2)
+            v = torch.cat([v, v.new_zeros(*v.shape[:2], 1, v.shape[3])], dim=2)
+            base = (torch.zeros(1, 1, Tq, Tk, dtype=q.dtype, device=q.device) if bias is None
+                    else bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape)))
+            base = base.expand(max(base.shape[0], B), H, Tq, Tk)
+            sink = sinks.to(q.dtype).view(1, H, 1, 1)  # the zero key scores 0: its bias is its whole logit
+            bias = torch.cat([base, sink.expand(base.shape[0], H, Tq, 1)], dim=-1)
+    if explicit:
+        out, weights = explicit_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), bias, causal, dropout_p)
+        return out, (weights[..., :Tk] if sinks is not None else weights)
+    return _sdpa(q, k, v, bias, causal, dropout_p, n_rep), None
+
+
 class Attention(nn.Module):
     """x (B, T, C) -> (B, T, C). Query heads: n_heads; key/value heads: n_kv_heads."""
 
@@ -74,6 +119,9 @@ class Attention(nn.Module):
         # dimension, shared by the heads), so the logits q.k / sqrt(d) cannot grow with the weights' scale
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.window = cfg.layer_window(layer_idx)
+        # gpt-oss initialises its sinks at 0; a learned logit per head, in units of a raw score q.k / sqrt(d)
+        self.sinks = nn.Parameter(torch.zeros(cfg.n_heads)) if cfg.attn_sinks else None
 
     def forward(
         self,
@@ -96,15 +144,10 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        n_rep = self.n_heads // self.n_kv_heads
         dropout_p = self.dropout if self.training else 0.0
-        weights = None
-        if self.impl == "explicit" or need_weights:
-            out, weights = explicit_attention(
-                q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), bias, self.causal, dropout_p
-            )
-        else:
-            out = _sdpa(q, k, v, bias, self.causal, dropout_p, n_rep)
+        out, weights = attend(q, k, v, n_rep=self.n_heads // self.n_kv_heads, bias=bias, causal=self.causal,
+                              dropout_p=dropout_p, explicit=self.impl == "explicit" or need_weights,
+                              window=self.window, sinks=self.sinks)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.resid_dropout(self.o_proj(out)), weights
 

@@ -19,6 +19,7 @@ from mmlab.config import ModelConfig
 from mmlab.model.attention import Attention
 from mmlab.model.ffn import make_ffn
 from mmlab.model.kv_cache import KVCache
+from mmlab.model.mla import LatentAttention
 from mmlab.model.moe import MoE
 from mmlab.model.norm import make_norm
 
@@ -35,7 +36,7 @@ class Block(nn.Module):
         sandwich = cfg.norm_position == "sandwich"
         if cfg.use_attn:
             self.attn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
-            self.attn = Attention(cfg, layer_idx)
+            self.attn = LatentAttention(cfg, layer_idx) if cfg.attention == "mla" else Attention(cfg, layer_idx)
             if sandwich:
                 self.attn_out_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
         if cfg.use_ffn:

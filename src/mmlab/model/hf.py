@@ -37,7 +37,7 @@ _TOP_NAMES = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "mod
 
 _LLAMA_SWITCHES = {"norm": "rmsnorm", "norm_position": "pre", "pos_encoding": "rope", "causal": True,
                    "ffn_act": "swiglu", "residual": True, "bias": False, "use_attn": True, "use_ffn": True,
-                   "parallel_block": False}
+                   "parallel_block": False, "sliding_window": None, "attn_sinks": False, "attention": "gqa"}
 
 
 def hf_architecture(cfg: ModelConfig) -> str:

@@ -48,7 +48,8 @@ class MiniMindLM(nn.Module):
             table = sinusoidal_table(cfg.max_seq_len, cfg.hidden_size) * (cfg.init_std * math.sqrt(2))
             self.register_buffer("pos_table", table, persistent=False)
         if cfg.pos_encoding == "rope":
-            cos, sin = precompute_rope(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
+            rope_dim = cfg.mla_rope_dim if cfg.attention == "mla" else cfg.head_dim  # MLA rotates only its rope part
+            cos, sin = precompute_rope(rope_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         if cfg.pos_encoding == "alibi":
@@ -148,4 +149,5 @@ class MiniMindLM(nn.Module):
 
     def new_cache(self, max_len: int | None = None, static: bool = True) -> KVCache:
         """An empty KV cache for this model (``max_len`` defaults to max_seq_len)."""
-        return KVCache(self.cfg.n_layers, max_len or self.cfg.max_seq_len, static=static)
+        windows = [self.cfg.layer_window(i) for i in range(self.cfg.n_layers)]
+        return KVCache(self.cfg.n_layers, max_len or self.cfg.max_seq_len, static=static, windows=windows)

@@ -74,8 +74,17 @@ def active_params(cfg: ModelConfig) -> int:
 
 
 def kv_cache_bytes_per_token(cfg: ModelConfig, bytes_per_value: int = 2) -> int:
-    """2 (K and V) * n_layers * n_kv_heads * head_dim * bytes per value."""
+    """2 (K and V) * n_layers * n_kv_heads * head_dim * bytes per value; for MLA, n_layers * (latent + rope
+    key) * bytes per value."""
+    if cfg.attention == "mla":
+        return cfg.n_layers * (cfg.mla_kv_rank + cfg.mla_rope_dim) * bytes_per_value
     return 2 * cfg.n_layers * cfg.kv_heads * cfg.head_dim * bytes_per_value
+
+
+def kv_cache_bytes(cfg: ModelConfig, context: int, bytes_per_value: int = 2) -> int:
+    """The whole cache of one sequence of ``context`` tokens: a windowed layer holds at most its window."""
+    per_layer = kv_cache_bytes_per_token(cfg, bytes_per_value) // cfg.n_layers
+    return sum(per_layer * min(context, cfg.layer_window(i) or context) for i in range(cfg.n_layers))
 
 
 def summarize(cfg: ModelConfig, context: int | None = None) -> dict[str, Any]:
@@ -91,6 +100,7 @@ def summarize(cfg: ModelConfig, context: int | None = None) -> dict[str, Any]:
         "flops_per_token": {"context": context, **flops_per_token(cfg, context)},
         "kv_cache_bytes_per_token": {"fp32": kv_cache_bytes_per_token(cfg, 4),
                                      "bf16": kv_cache_bytes_per_token(cfg, 2)},
+        "kv_cache_bytes_at_context": {"context": context, "bf16": kv_cache_bytes(cfg, context, 2)},
     }
 
 
@@ -103,7 +113,9 @@ def format_summary(s: dict[str, Any]) -> str:
             f"{cfg['n_heads']} heads / {cfg['n_kv_heads'] or cfg['n_heads']} KV heads ({kv}), "
             f"vocab {cfg['vocab_size']}, context {cfg['max_seq_len']}")
     switches = (f"norm={cfg['norm']} ({cfg['norm_position']}), pos={cfg['pos_encoding']}, "
-                f"ffn={cfg['ffn_act']}, tied={cfg['tie_embeddings']}" + (", qk_norm" if cfg.get("qk_norm") else ""))
+                f"ffn={cfg['ffn_act']}, tied={cfg['tie_embeddings']}" + (", qk_norm" if cfg.get("qk_norm") else "")
+                + (f", attention={cfg['attention']}" if cfg.get("attention", "gqa") != "gqa" else "")
+                + (", attn_sinks" if cfg.get("attn_sinks") else ""))
     lines = [head, switches, "", f"{'component':<12}{'params':>14}{'share':>9}"]
     for name, n in p["by_component"].items():
         if n:
@@ -117,5 +129,10 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append(f"FLOPs/token (forward, context {f['context']}): {f['forward']:,} "
                  f"= matmul {f['matmul']:,} + attention {f['attention']:,}; training ~{f['train']:,}")
     k = s["kv_cache_bytes_per_token"]
-    lines.append(f"KV cache/token: {k['bf16']:,} B in bf16, {k['fp32']:,} B in fp32")
+    lines.append(f"KV cache/token: {k['bf16']:,} B in bf16, {k['fp32']:,} B in fp32"
+                 + (" (MLA: the latent and the rope key)" if cfg.get("attention") == "mla" else ""))
+    at = s.get("kv_cache_bytes_at_context")
+    if at:
+        lines.append(f"KV cache of one {at['context']:,}-token sequence: {at['bf16'] / 2**20:,.2f} MiB in bf16"
+                     + (f" (sliding window {cfg['sliding_window']})" if cfg.get("sliding_window") else ""))
     return "\n".join(lines)
