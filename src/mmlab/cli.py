@@ -366,7 +366,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from mmlab.infer.server import ServerConfig, serve
+    try:
+        from mmlab.infer.server import ServerConfig, serve
+    except ImportError as e:  # the `serve` extra is missing
+        raise MMLabError(f"mmlab serve needs FastAPI and uvicorn ({e}): pip install \"minimind-lab[serve]\"") from None
 
     serve(args.ckpt, ServerConfig(host=args.host, port=args.port, max_tokens_limit=args.max_tokens_limit,
                                   default_max_tokens=args.default_max_tokens, max_prompt_tokens=args.max_prompt_tokens,
@@ -431,6 +434,19 @@ def _cmd_hf(args: argparse.Namespace) -> int:
     for note in r["notes"]:
         print(f"note: {note}", file=sys.stderr)
     print(done)
+    return 0
+
+
+def _cmd_gguf(args: argparse.Namespace) -> int:
+    """`mmlab export gguf`."""
+    from mmlab.gguf_export import export_gguf
+
+    r = export_gguf(args.ckpt, args.out, dtype=args.type, overwrite=args.overwrite)
+    for note in r["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(r["tensor_types"].items()))
+    print(f"exported {args.ckpt} -> {r['out']} ({r['bytes'] / 2**20:.2f} MiB, GGUF {r['arch']}, type {r['type']}: "
+          f"{r['tensors']} tensors, {kinds}); run it with llama.cpp: llama-cli -m {r['out']}")
     return 0
 
 
@@ -862,7 +878,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=_cmd_quantize)
 
-    for verb, about in (("export", "write a checkpoint as a Hugging Face folder"),
+    for verb, about in (("export", "write a checkpoint as a Hugging Face folder or a GGUF file (llama.cpp)"),
                         ("import", "read a Hugging Face Llama folder into a checkpoint")):
         top = sub.add_parser(verb, help=about, description=f"{about[0].upper() + about[1:]}.")
         top_sub = top.add_subparsers(dest=f"{verb}_command", metavar="FORMAT", required=True)
@@ -883,6 +899,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_cmd_hf)
         p.add_argument("--out", required=True, help="the folder to write")
         p.add_argument("--overwrite", action="store_true", help="replace an earlier export / import in --out")
+        if verb == "export":
+            p = top_sub.add_parser(
+                "gguf", help="one .gguf file for llama.cpp / ollama (f32, f16 or Q8_0, tokenizer + chat template)",
+                description="Write the checkpoint as one GGUF file (llama.cpp's llama architecture, or qwen3 for a "
+                            "model with qk_norm): the weights in f32, f16 or Q8_0 (norm gains stay f32), the "
+                            "byte-level BPE (tokens, merges, special tokens) and the ChatML chat template. llama.cpp "
+                            "and the tools built on it (llama-cpp-python, ollama) load it. Only dense models with the "
+                            "Llama / Qwen3 switches and a byte-level BPE tokenizer can be exported; a LoRA adapter is "
+                            "merged in. Needs the gguf package: pip install \"minimind-lab[gguf]\".")
+            p.add_argument("--ckpt", required=True, help="a checkpoint folder or a run folder holding ckpt/")
+            p.add_argument("--out", required=True, help="the .gguf file to write")
+            p.add_argument("--type", choices=("f16", "f32", "q8_0"), default="f16",
+                           help="weights of the matrices: f16 (default), f32, or q8_0 (8-bit blocks of 32, ~half "
+                                "of f16)")
+            p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+            p.set_defaults(func=_cmd_gguf)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: perplexity, multiple choice, exact match",
                        description="Evaluate a checkpoint on one task. Tasks: perplexity (loss and bits per byte on "
