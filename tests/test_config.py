@@ -144,3 +144,12 @@ def test_replace_rejects_unknown_fields():
 def test_config_is_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         get_preset("nano").n_layers = 3
+
+
+def test_the_readme_states_the_minimind3_counts_the_presets_have():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in ("minimind-3", "minimind-3-moe"):
+        s = summarize(get_preset(name))
+        assert f"{s['params']['total']:,}" in readme and f"{s['params']['active']:,}" in readme
