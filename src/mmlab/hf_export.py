@@ -65,6 +65,7 @@ from mmlab.model.lm import MiniMindLM
 from mmlab.tokenizer.base import BPE_FILE, ENDOFTEXT, IM_END, IM_START, Tokenizer
 from mmlab.tokenizer.bpe import BPETokenizer
 from mmlab.tokenizer.char import UNK, CharTokenizer
+from mmlab.tokenizer.chat import CHAT_TEMPLATE  # the Jinja twin of render_chat (re-exported for callers)
 
 HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 TORCH_WEIGHTS = "pytorch_model.bin"
@@ -73,19 +74,6 @@ HF_TYPES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen3_moe
 TOKENIZER_CONFIG, GENERATION_CONFIG = "tokenizer_config.json", "generation_config.json"
 MMLAB_KEY = "mmlab_config"
 CHAR_SPLIT = r"[\s\S]"  # one pre-token per Unicode code point, newlines included: a char tokenizer
-
-# The ChatML template of mmlab.tokenizer.chat.render_chat, in Jinja for `apply_chat_template`: no default
-# system prompt, each turn "<|im_start|>{role}\n{content}<|im_end|>\n", and an open assistant turn on request.
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
-    "{{- raise_exception('role must be one of system, user, assistant, got ' + message['role']) -}}"
-    "{%- endif -%}"
-    "{{- '" + IM_START + "' + message['role'] + '\\n' + message['content'] + '" + IM_END + "\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '" + IM_START + "assistant\\n' -}}{%- endif -%}"
-)
-
 
 class ExportError(MMLabError):
     """A checkpoint that cannot be exported, or a Hugging Face folder that cannot be imported."""

@@ -29,59 +29,53 @@ from mmlab.model.lm import IGNORE_INDEX
 from mmlab.tokenizer.base import Tokenizer, TokenizerError
 from mmlab.tokenizer.chat import encode_chat, validate_messages
 
-Messages = list[dict[str, str]]
+Messages = list[dict[str, Any]]
 
 
-def chat_messages(messages: Any, where: str, field: str = "messages") -> Messages:
-    """A list of chat messages as ``{role, content}`` ChatML turns, errors naming ``where`` and the message.
+def chat_messages(messages: Any, where: str, field: str = "messages", tools: Any = None) -> Messages:
+    """A list of chat messages checked against the chat template (``mmlab.tokenizer.chat``), errors naming
+    ``where`` and the message.
 
-    MiniMind's SFT files (``sft_mini_512.jsonl``, MiniMind-3's ``sft_t2t*.jsonl``) add two things to a
-    message, rendered the way MiniMind-3's (Qwen3-style) chat template renders them:
-    ``reasoning_content`` becomes ``<think>\n...\n</think>\n\n`` before the assistant's answer, and
-    ``tool_calls`` become ``<tool_call>\n{json}\n</tool_call>`` blocks after it; a ``tool`` message (a
-    tool's result) becomes a user turn holding ``<tool_response>\n...\n</tool_response>``."""
+    MiniMind-3's SFT files (``sft_t2t*.jsonl``) add two things to an assistant message, kept as they are for the
+    template to render (Qwen3's way): ``reasoning_content`` (a ``<think>`` block) and ``tool_calls``; a ``tool``
+    message is a tool's result. Arguments given as a JSON string (OpenAI's wire format) are parsed here, so
+    that a bad one is an error naming the record, not a surprise at training time. A record's ``tools`` (the
+    schemas offered to the model) travel on the first message."""
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: {field!r} must be a non-empty list of {{role, content}} objects")
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise DataError(f"{where}: {field}[{i}] must be a {{role, content}} object, got {type(m).__name__}")
-        role, content = m.get("role"), m.get("content")
-        if content is None and m.get("tool_calls"):
-            content = ""
-        if not isinstance(content, str):
-            raise DataError(f"{where}: {field}[{i}].content must be a string, got {type(content).__name__}")
-        reasoning, calls = m.get("reasoning_content"), m.get("tool_calls")
-        if role == "assistant" and reasoning not in (None, ""):
-            if not isinstance(reasoning, str):
-                raise DataError(f"{where}: {field}[{i}].reasoning_content must be a string")
-            content = f"<think>\n{reasoning.strip()}\n</think>\n\n{content.lstrip()}"
-        if role == "assistant" and calls:
-            if not isinstance(calls, list):
-                raise DataError(f"{where}: {field}[{i}].tool_calls must be a list")
-            blocks = []
-            for call in calls:
-                fn = call.get("function", call) if isinstance(call, dict) else None
-                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                    raise DataError(f"{where}: {field}[{i}].tool_calls: each call needs a function name")
-                args = fn.get("arguments", {})
-                if isinstance(args, str):
-                    try:
-                        args = json.loads(args)
-                    except json.JSONDecodeError:
-                        raise DataError(f"{where}: {field}[{i}].tool_calls: arguments of {fn['name']!r} are "
-                                        "not valid JSON") from None
-                blocks.append("<tool_call>\n" + json.dumps({"name": fn["name"], "arguments": args},
-                                                            ensure_ascii=False) + "\n</tool_call>")
-            content = "\n".join([content.rstrip(), *blocks]).lstrip("\n")
-        if role == "tool":
-            role, content = "user", f"<tool_response>\n{content}\n</tool_response>"
-        out.append({"role": role, "content": content})
+        m = {k: v for k, v in m.items() if (k in ("role", "content", "reasoning_content", "tool_calls")
+             and v is not None) or k == "content"}
+        if m.get("content") is None and m.get("tool_calls"):
+            m["content"] = ""
+        if not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: {field}[{i}].content must be a string, got {type(m.get('content')).__name__}")
+        calls = m.get("tool_calls")
+        if isinstance(calls, list):
+            m["tool_calls"] = [_parsed_arguments(call, f"{where}: {field}[{i}].tool_calls[{j}]")
+                               for j, call in enumerate(calls)]
+        out.append(m)
+    if tools is not None:
+        out[0] = {**out[0], "tools": tools}
     try:
         validate_messages(out)
     except TokenizerError as e:
         raise DataError(f"{where}: {field}: {e}") from None
     return out
+
+
+def _parsed_arguments(call: Any, where: str) -> Any:
+    fn = call.get("function", call) if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("arguments"), str):
+        return call
+    try:
+        args = json.loads(fn["arguments"])
+    except json.JSONDecodeError:
+        raise DataError(f"{where}: arguments of {fn.get('name')!r} are not valid JSON") from None
+    return {"type": "function", "function": {**fn, "arguments": args}}
 
 
 def conversation_from_record(record: Any, where: str) -> Messages:
@@ -90,8 +84,8 @@ def conversation_from_record(record: Any, where: str) -> Messages:
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     key = next((k for k in ("messages", "conversations") if k in record), None)
     if key is not None:
-        messages = chat_messages(record[key], where, key)
-        if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        messages = chat_messages(record[key], where, key, record.get("tools"))
+        if not any(m["role"] == "assistant" and (m["content"].strip() or m.get("tool_calls")) for m in messages):
             raise DataError(f"{where}: no non-empty assistant message: nothing to train on")
         return messages
     missing = [k for k in ("instruction", "output") if not isinstance(record.get(k), str)]
