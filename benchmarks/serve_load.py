@@ -1,4 +1,5 @@
-"""Serving many users: N concurrent streaming clients against the real `mmlab serve` server on 127.0.0.1,
+"""Serving many users: N concurrent streaming clients against the real `mmlab serve` server on 127.0.0.1
+(each engine in its own `mmlab serve` process),
 one request at a time (``--batch 1``) against continuous batching (``--batch 16``), side by side in one run.
 Prints JSON (and writes it with ``--out``).
 
@@ -8,7 +9,8 @@ client streams ``/v1/completions`` (``stream_options.include_usage``) with its o
 ``max_tokens`` new tokens, temperature 0.8, no stop strings. Per run: aggregate decode throughput (tokens
 the clients received / wall time from the first request to the last answer), time to first token and
 per-request latency (p50 / p95), and the 429s. Engines and concurrencies are interleaved (1, 4, 16 clients;
-one-at-a-time, then batched, for each), so a slow moment of the machine hits both alike.
+one-at-a-time, then batched, for each; ``--repeats`` rounds of all of them, medians reported), so a slow moment
+of the machine hits both alike.
 
     python benchmarks/serve_load.py                      # 1 / 4 / 16 clients, 64 tokens each
     python benchmarks/serve_load.py --quick              # 1 / 4 clients, 8 tokens, a 64-wide model (tests)
@@ -18,6 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -37,10 +43,41 @@ def build_checkpoint(folder: Path, width: int) -> Path:
 
     tok = train_bpe(story_corpus(100_000), vocab_size=1024)
     cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=width, n_layers=4, n_heads=max(1, width // 64),
-                      n_kv_heads=max(1, width // 128), max_seq_len=256, rope_theta=1e4)
+                      n_kv_heads=max(1, width // 128), max_seq_len=512, rope_theta=1e4)  # lesson 21's shape
     torch.manual_seed(0)
     save_checkpoint(folder / "ckpt", MiniMindLM(cfg), tok)
     return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(ckpt: Path, batch: int, max_tokens: int, threads: int | None, log: Path):
+    """``mmlab serve`` in its own process (its own interpreter and GIL, as in production); waits for /health."""
+    port = free_port()
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, "-c", "import sys; from mmlab.cli import main; sys.exit(main())", "serve", "--ckpt",
+           str(ckpt), "--port", str(port), "--batch", str(batch), "--queue", "32", "--max-tokens-limit",
+           str(max_tokens), "--default-max-tokens", str(max_tokens), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            conn = HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"the server did not answer /health within 120 s:\n{log.read_text()[-2000:]}")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -101,43 +138,57 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of each server process (default: torch's own choice)")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds; medians are reported "
+                                                               "(default 5, --quick 1)")
     args = ap.parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else 5)
+    if repeats < 1:
+        ap.error("--repeats must be at least 1")
 
     import torch
 
     from mmlab.device import environment
-    from mmlab.infer.server import ServerConfig, make_server
 
     width, max_tokens, concurrency = (64, 8, [1, 4]) if args.quick else (256, 64, [1, 4, 16])
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = build_checkpoint(Path(tmp), width)
-        servers = {}
-        for name, batch in (("one-at-a-time", 1), ("batched", 16)):
-            cfg = ServerConfig(port=0, queue=32, batch=batch, max_tokens_limit=max_tokens, timeout_s=120)
-            srv = make_server(ckpt, cfg, device="cpu")
-            threading.Thread(target=srv.serve_forever, daemon=True).start()
-            servers[name] = srv
+        servers = {name: start_server(ckpt / "ckpt", batch, max_tokens, args.threads, Path(tmp) / f"{name}.log")
+                   for name, batch in (("one-at-a-time", 1), ("batched", 16))}
         try:
-            for srv in servers.values():  # warm-up: first-call allocations, not part of any figure
-                load(srv.server_address[1], 2, 4)
-            for clients in concurrency:
-                for name, srv in servers.items():
-                    r = load(srv.server_address[1], clients, max_tokens)
-                    results.append({"engine": name, **r})
-                    print(f"{name:>14} x {clients:>2}: {r['tokens_per_s']:7.1f} tokens/s, ttft p50 "
-                          f"{r['ttft_p50_s']:.3f} s, latency p95 {r['latency_p95_s']:.3f} s", file=sys.stderr)
+            for _, port in servers.values():  # warm-up: first-call allocations, not part of any figure
+                load(port, 2, 4)
+            runs: dict[tuple[str, int], list[dict]] = {}
+            for round_ in range(repeats):
+                for clients in concurrency:
+                    for name, (_, port) in servers.items():
+                        r = load(port, clients, max_tokens)
+                        runs.setdefault((name, clients), []).append(r)
+                        print(f"round {round_ + 1}/{repeats} {name:>14} x {clients:>2}: {r['tokens_per_s']:7.1f} "
+                              f"tokens/s, ttft p50 {r['ttft_p50_s']:.3f} s, latency p95 {r['latency_p95_s']:.3f} s",
+                              file=sys.stderr)
+            for (name, clients), rs in runs.items():  # the median round of each figure, and every round's tokens/s
+                med = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k.endswith("_s")}
+                results.append({"engine": name, "clients": clients, "completed": min(r["completed"] for r in rs),
+                                "rejected_429": sum(r["rejected_429"] for r in rs), "tokens": rs[0]["tokens"],
+                                **med, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+                                "tokens_per_s_rounds": [r["tokens_per_s"] for r in rs]})
         finally:
-            for srv in servers.values():
-                srv.shutdown()
-                srv.server_close()
+            for proc, _ in servers.values():
+                proc.terminate()
+                proc.wait(timeout=30)
     by = {(r["engine"], r["clients"]): r for r in results}
     top = max(concurrency)
     report = {
-        "benchmark": "serve_load", "quick": args.quick, "width": width, "max_tokens": max_tokens,
+        "benchmark": "serve_load", "quick": args.quick, "width": width, "max_tokens": max_tokens, "repeats": repeats,
+        "statistic": "median over interleaved rounds",
         "results": results,
         "speedup_at_max_clients": by[("batched", top)]["tokens_per_s"] / by[("one-at-a-time", top)]["tokens_per_s"],
-        "max_clients": top, "torch_threads": torch.get_num_threads(), "environment": environment(),
+        "max_clients": top, "server_torch_threads": args.threads or torch.get_num_threads(),
+        "server": "mmlab serve, one process per engine; clients are threads of this process",
+        "environment": environment(),
     }
     text = json.dumps(report, indent=2)
     print(text)

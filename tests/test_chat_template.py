@@ -3,6 +3,7 @@
 the loss mask covers reasoning and tool calls, never tool responses; what a model writes parses back, and a
 bad tool call is reported, not raised."""
 
+import itertools
 import json
 
 import pytest
@@ -16,7 +17,7 @@ from mmlab.data.synthetic import story_corpus
 from mmlab.hf_export import export_hf
 from mmlab.model import MiniMindLM
 from mmlab.tokenizer import TokenizerError, encode_chat, render_chat, train_bpe
-from mmlab.tokenizer.chat import CHAT_TEMPLATE, parse_reply, render_tool_call
+from mmlab.tokenizer.chat import CHAT_TEMPLATE, ReplyStream, parse_reply, render_tool_call, reply_from_events
 from mmlab.tools import ToolRunner
 from mmlab.train.checkpoint import save_checkpoint
 
@@ -184,3 +185,25 @@ def test_bad_tool_calls_from_the_model_are_reported_not_raised():
 def test_malformed_messages_are_errors_naming_the_message(messages, why):
     with pytest.raises(TokenizerError, match=why):
         render_chat(messages)
+
+
+pieces_of_replies = st.lists(st.sampled_from(["<think>", "\n", "</think>", "<tool_call>", "</tool_call>", "<", "/",
+                                              '{"name": "f", "arguments": {"a": 1}}', "{bad", "hello", " ", "th",
+                                              "ink>", "_call>", "tool"]), max_size=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces_of_replies, st.lists(st.integers(0, 200), max_size=8), st.booleans())
+def test_property_streaming_reads_a_reply_as_a_whole_parse_does(parts, cuts, tools):
+    text = "".join(parts)
+    bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    stream = ReplyStream(tools)
+    events = []
+    for a, b in itertools.pairwise(bounds):
+        events += stream.feed(text[a:b])
+    events += stream.finish()
+    streamed, whole = reply_from_events(events, stream.thought), parse_reply(text, tools)
+    assert (streamed.content, streamed.reasoning, streamed.errors) == (whole.content, whole.reasoning, whole.errors)
+    assert [(c.name, c.arguments) for c in streamed.tool_calls] == [(c.name, c.arguments) for c in whole.tool_calls]
+    if not tools:
+        assert not whole.tool_calls and not whole.errors

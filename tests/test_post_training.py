@@ -494,11 +494,14 @@ def test_every_stage_reads_minimind_formats_and_names_bad_records(base_ckpt, tmp
 
     files = _minimind_files(tmp_path)
     convs = load_conversations(files["sft"])
-    assert convs[0][1]["content"] == "<think>\n0 + 0 = 0.\n</think>\n\n0"  # MiniMind-3's reasoning block
-    tool = convs[-1]
-    assert tool[2]["content"] == ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
-                                  '</tool_call>')
-    assert tool[3] == {"role": "user", "content": "<tool_response>\nsunny, 21 C\n</tool_response>"}
+    # MiniMind-3's reasoning and tool calls stay structured, and the chat template renders them (Qwen3's way)
+    assert convs[0][1] == {"role": "assistant", "content": "0", "reasoning_content": "0 + 0 = 0."}
+    from mmlab.tokenizer.chat import render_chat
+    assert render_chat(convs[0]).endswith("<|im_start|>assistant\n<think>\n0 + 0 = 0.\n</think>\n\n0<|im_end|>\n")
+    tool = render_chat(convs[-1])
+    assert ('<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+            '</tool_call><|im_end|>\n') in tool
+    assert "<|im_start|>user\n<tool_response>\nsunny, 21 C\n</tool_response><|im_end|>\n" in tool
     assert load_preferences(str(files["dpo"]))[0].prompt == [{"role": "user", "content": "Is 0 a number?"}]
 
     # each stage trains on its file

@@ -49,7 +49,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import uvicorn  # the `serve` extra (FastAPI, uvicorn, pydantic); `mmlab serve` says how to install it
 from fastapi import FastAPI, Request
@@ -68,7 +68,8 @@ from mmlab.infer.generate import SamplingParams
 from mmlab.infer.sample import TextStream, start_ids, stop_ids
 from mmlab.model.lm import MiniMindLM
 from mmlab.tokenizer.base import IM_START, Tokenizer, TokenizerError
-from mmlab.tokenizer.chat import encode_chat
+from mmlab.tokenizer.chat import NAME as TOOL_NAME
+from mmlab.tokenizer.chat import ParsedReply, ReplyStream, encode_chat, parse_reply
 
 log = logging.getLogger("mmlab.server")
 
@@ -185,9 +186,10 @@ def _stop_list(stop: Any) -> list[str]:
     return [s for s in stop if s]
 
 
-def _content_text(content: Any) -> str:
-    """A message's content: a string, or OpenAI's array of parts of which only text parts are understood."""
-    if isinstance(content, str):
+def _content_text(content: Any) -> str | None:
+    """A message's content: a string, or OpenAI's array of parts of which only text parts are understood (null
+    only for an assistant message that calls tools, which the chat template checks)."""
+    if content is None or isinstance(content, str):
         return content
     if isinstance(content, list):
         texts = []
@@ -201,8 +203,9 @@ def _content_text(content: Any) -> str:
 
 def _role(role: Any) -> str:
     role = "system" if role == "developer" else role  # OpenAI's newer name for the system role
-    if role not in ("system", "user", "assistant"):
-        raise _invalid("invalid_value", f"must be one of system, user, assistant (or developer), got {_shown(role)}")
+    if role not in ("system", "user", "assistant", "tool"):
+        raise _invalid("invalid_value",
+                       f"must be one of system, user, assistant, tool (or developer), got {_shown(role)}")
     return role
 
 
@@ -252,14 +255,68 @@ class Sampling(BaseModel):
     stream_options: StreamOptions | None = None
 
 
+def _tool_name(name: str) -> str:
+    if not TOOL_NAME.fullmatch(name):
+        raise _invalid("invalid_value", f"must be 1 to 64 letters, digits, _ . - starting with a letter or _, "
+                                        f"got {_shown(name)}")
+    return name
+
+
+class FunctionCall(BaseModel):
+    model_config = _STRICT
+    name: Annotated[str, AfterValidator(_tool_name)]
+    arguments: str = Field("{}", description="the arguments as a JSON object in a string (OpenAI's wire format)")
+
+
+class ToolCallIn(BaseModel):
+    """A tool call of an earlier assistant turn, as the client sends the conversation back."""
+    model_config = _STRICT
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionSpec(BaseModel):
+    model_config = _STRICT
+    name: Annotated[str, AfterValidator(_tool_name)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolSpec(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class TemplateOptions(BaseModel):
+    """vLLM's ``chat_template_kwargs``: options of the chat template."""
+    model_config = ConfigDict(strict=True, extra="forbid")
+    enable_thinking: bool | None = Field(None, description="false: answer without a <think> block (Qwen3's switch)")
+
+
 class ChatMessage(BaseModel):
     model_config = _STRICT
     role: Annotated[str, BeforeValidator(_role)]
-    content: Annotated[str, BeforeValidator(_content_text)]
+    content: Annotated[str | None, BeforeValidator(_content_text)] = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+def _tool_choice(choice: Any) -> Any:
+    if choice in (None, "auto", "none"):
+        return choice
+    raise _invalid("unsupported_value", f'must be "auto" or "none" on this server, got {_shown(choice)}')
 
 
 class ChatRequest(Sampling):
     messages: Annotated[list[ChatMessage], AfterValidator(_messages)]
+    tools: list[ToolSpec] | None = None
+    tool_choice: Annotated[Any, BeforeValidator(_tool_choice)] = None
+    parallel_tool_calls: bool | None = None
+    chat_template_kwargs: TemplateOptions | None = None
 
 
 class CompletionRequest(Sampling):
@@ -281,6 +338,7 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     echo: str = ""  # completions with echo: the prompt text, sent before the reply
+    tools: bool = False  # chat with tools offered: <tool_call> blocks in the reply become tool_calls
 
 
 def _sampling(req: Sampling, cfg: ServerConfig) -> tuple[SamplingParams, int]:
@@ -351,14 +409,44 @@ def chat_request(raw: bytes, tokenizer: Tokenizer, cfg: ServerConfig, prompt_lim
     """A ``POST /v1/chat/completions`` body -> what the engine needs, or an ``APIError``."""
     req: ChatRequest = _validated(ChatRequest, _parse_json(raw))
     params, max_tokens = _sampling(req, cfg)
+    tools = [t.model_dump(exclude_none=True) for t in req.tools or []] if req.tool_choice != "none" else []
+    thinking = req.chat_template_kwargs.enable_thinking if req.chat_template_kwargs else None
     try:
-        ids, _ = encode_chat(tokenizer, [m.model_dump() for m in req.messages], add_generation_prompt=True)
+        ids, _ = encode_chat(tokenizer, [_template_message(i, m) for i, m in enumerate(req.messages)],
+                             add_generation_prompt=True, tools=tools or None, enable_thinking=thinking)
     except TokenizerError as e:
         raise APIError(400, f"messages cannot be encoded by this model's tokenizer: {e}", "messages",
                        "invalid_value") from None
     _check_prompt(ids, "messages", prompt_limit, context)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    return GenerationRequest("chat", ids, max_tokens, params, req.stop, req.seed, bool(req.stream), include_usage)
+    return GenerationRequest("chat", ids, max_tokens, params, req.stop, req.seed, bool(req.stream), include_usage,
+                             tools=bool(tools))
+
+
+def _template_message(i: int, m: ChatMessage) -> dict[str, Any]:
+    """A request's message as the chat template takes it; a tool call's JSON-string arguments are parsed."""
+    if m.content is None and not (m.role == "assistant" and m.tool_calls):
+        where = f"messages[{i}].content"
+        if "content" not in m.model_fields_set:
+            raise APIError(400, f"{where} is required", where, "missing")
+        raise APIError(400, f"{where} must be a string (null only on an assistant message with tool_calls)", where,
+                       "invalid_type")
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.reasoning_content is not None:
+        out["reasoning_content"] = m.reasoning_content
+    if m.tool_calls is not None:
+        calls = []
+        for j, call in enumerate(m.tool_calls):
+            where = f"messages[{i}].tool_calls[{j}].function.arguments"
+            try:
+                args = json.loads(call.function.arguments)
+            except json.JSONDecodeError as e:
+                raise APIError(400, f"{where} is not valid JSON: {e.msg}", where, "invalid_value") from None
+            if not isinstance(args, dict):
+                raise APIError(400, f"{where} must be a JSON object", where, "invalid_value")
+            calls.append({"type": "function", "function": {"name": call.function.name, "arguments": args}})
+        out["tool_calls"] = calls
+    return out
 
 
 def completion_request(raw: bytes, tokenizer: Tokenizer, cfg: ServerConfig, prompt_limit: int, context: int
@@ -402,6 +490,7 @@ class Job:
             self._loop = None
         self.events: asyncio.Queue[tuple[str, Any]] | queue.Queue[tuple[str, Any]] = (
             asyncio.Queue() if self._loop is not None else queue.Queue())
+        self._held: list[tuple[str, Any]] = []  # an event read past a run of text pieces, next in line
 
     def put(self, event: tuple[str, Any]) -> None:
         if self._loop is None:
@@ -411,8 +500,25 @@ class Job:
             self._loop.call_soon_threadsafe(self.events.put_nowait, event)
 
     async def get(self, timeout: float) -> tuple[str, Any]:
-        """The next event; ``TimeoutError`` after ``timeout`` seconds without one."""
-        return await asyncio.wait_for(self.events.get(), timeout)  # type: ignore[misc]
+        """The next event; ``TimeoutError`` after ``timeout`` seconds without one. Text pieces that have
+        already arrived come as one: a stream that falls behind the engine (16 clients on 2 cores) sends one
+        chunk per wake-up instead of one per token, so its overhead does not grow with the batch."""
+        if self._held:
+            event = self._held.pop()
+        elif not self.events.empty():  # no timer task when the event is already here
+            event = self.events.get_nowait()
+        else:
+            event = await asyncio.wait_for(self.events.get(), timeout)  # type: ignore[misc]
+        if event[0] != "text":
+            return event
+        text = event[1]
+        while not self.events.empty():
+            after = self.events.get_nowait()
+            if after[0] != "text":
+                self._held.append(after)
+                break
+            text += after[1]
+        return "text", text
 
 
 class _Admission:
@@ -645,16 +751,47 @@ def _error_response(e: APIError, headers: dict[str, str] | None = None) -> JSONR
     return JSONResponse(e.body(), e.status, headers)
 
 
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _reply_message(reply: ParsedReply) -> dict[str, Any]:
+    """A parsed reply as OpenAI's assistant message: content null when it only calls tools."""
+    message: dict[str, Any] = {"role": "assistant",
+                               "content": None if reply.tool_calls and not reply.content else reply.content}
+    if reply.reasoning is not None:
+        message["reasoning_content"] = reply.reasoning
+    if reply.tool_calls:
+        message["tool_calls"] = [c.openai(_call_id()) for c in reply.tool_calls]
+    return message
+
+
+def _deltas(events: list[tuple[str, Any]], calls: list[int]) -> list[dict[str, Any]]:
+    """Stream events as chat deltas; ``calls`` counts the tool calls sent so far (their index)."""
+    out = []
+    for kind, value in events:
+        if kind == "reasoning":
+            out.append({"reasoning_content": value})
+        elif kind == "content":
+            out.append({"content": value})
+        elif kind == "tool_call":
+            out.append({"tool_calls": [{"index": calls[0], **value.openai(_call_id())}]})
+            calls[0] += 1
+        else:
+            log.warning("the model wrote a tool call that cannot be read: %s", value)
+    return out
+
+
 def _note(request: Request, text: str) -> None:
     """What the request's log line says after its status (token counts, an error code, a disconnect)."""
     request.state.note = text
 
 
 def _chunk(base: dict[str, Any], chat: bool, include_usage: bool, text: str | None, finish: str | None = None,
-           first: bool = False) -> str:
-    """One Server-Sent Event in OpenAI's chunk format."""
+           first: bool = False, delta: dict[str, Any] | None = None) -> str:
+    """One Server-Sent Event in OpenAI's chunk format (a chat chunk's ``delta`` may be given whole)."""
     if chat:
-        delta: dict[str, Any] = {} if text is None else {"content": text}
+        delta = delta if delta is not None else {} if text is None else {"content": text}
         if first:
             delta = {"role": "assistant", "content": ""}
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
@@ -868,8 +1005,12 @@ def create_app(engine: Engine | BatchingEngine, config: ServerConfig, model_name
         text = "".join(pieces)
         if r.kind == "chat":
             body = envelope("chat.completion", f"chatcmpl-{uuid.uuid4().hex}")
-            body["choices"] = [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                                "finish_reason": value.finish_reason}]
+            reply = parse_reply(text, tools=r.tools)
+            for error in reply.errors:
+                log.warning("the model wrote a tool call that cannot be read: %s", error)
+            finish = "tool_calls" if reply.tool_calls and value.finish_reason == "stop" else value.finish_reason
+            body["choices"] = [{"index": 0, "message": _reply_message(reply), "logprobs": None,
+                                "finish_reason": finish}]
         else:
             body = envelope("text_completion", f"cmpl-{uuid.uuid4().hex}")
             body["choices"] = [{"index": 0, "text": text, "logprobs": None, "finish_reason": value.finish_reason}]
@@ -881,6 +1022,7 @@ def create_app(engine: Engine | BatchingEngine, config: ServerConfig, model_name
         chat = r.kind == "chat"
         base = envelope("chat.completion.chunk" if chat else "text_completion",
                         f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}")
+        reader, calls = ReplyStream(r.tools), [0]
         try:
             if chat:
                 yield _chunk(base, chat, r.include_usage, None, first=True)
@@ -892,7 +1034,10 @@ def create_app(engine: Engine | BatchingEngine, config: ServerConfig, model_name
                 except TimeoutError:  # still queued or thinking: a comment keeps proxies open, finds lost clients
                     yield ": keep-alive\n\n"
                     continue
-                if event == "text":
+                if event == "text" and chat:
+                    for delta in _deltas(reader.feed(value), calls):
+                        yield _chunk(base, chat, r.include_usage, None, delta=delta)
+                elif event == "text":
                     yield _chunk(base, chat, r.include_usage, value)
                 elif event == "error":
                     job.answered = True  # type: ignore[attr-defined]
@@ -903,7 +1048,12 @@ def create_app(engine: Engine | BatchingEngine, config: ServerConfig, model_name
                 else:
                     break
             finished(request, job, value)
-            yield _chunk(base, chat, r.include_usage, None, value.finish_reason)
+            finish = value.finish_reason
+            if chat:
+                for delta in _deltas(reader.finish(), calls):
+                    yield _chunk(base, chat, r.include_usage, None, delta=delta)
+                finish = "tool_calls" if calls[0] and finish == "stop" else finish
+            yield _chunk(base, chat, r.include_usage, None, finish)
             if r.include_usage:
                 yield f"data: {json.dumps({**base, 'choices': [], 'usage': _usage(value)})}\n\n"
             yield "data: [DONE]\n\n"

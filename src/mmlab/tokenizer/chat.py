@@ -275,44 +275,118 @@ def read_tool_call(body: str) -> ToolCall:
     return ToolCall(obj["name"], args)
 
 
-def split_reasoning(text: str) -> tuple[str | None, str]:
-    """(reasoning or None, the rest) of a reply: the think block at its start, closed or cut off by the limit."""
-    body = text.lstrip("\n")
-    if not body.startswith(THINK_OPEN):
-        return None, text
-    body = body[len(THINK_OPEN):]
-    if THINK_CLOSE not in body:
-        return body.strip("\n"), ""
-    reasoning, rest = body.split(THINK_CLOSE, 1)
-    return reasoning.strip("\n"), rest.lstrip("\n")
+def _partial(text: str, tag: str) -> int:
+    """How many characters at the end of ``text`` could be the start of ``tag`` (held back while streaming)."""
+    for k in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:k]):
+            return k
+    return 0
 
 
-def parse_reply(text: str) -> ParsedReply:
-    """Read a generated assistant turn (without <|im_end|>) into reasoning, content and tool calls. Never
-    raises: a call that is not valid JSON, or not closed, stays in the content and is described in errors."""
-    reasoning, rest = split_reasoning(text)
-    calls: list[ToolCall] = []
-    errors: list[str] = []
-    kept: list[str] = []
-    pos = 0
-    while (start := rest.find(CALL_OPEN, pos)) >= 0:
-        end = rest.find(CALL_CLOSE, start)
-        if end < 0:
-            errors.append(f"tool call {len(calls) + len(errors)}: {CALL_OPEN} is never closed")
-            break
-        kept.append(rest[pos:start])
-        block = rest[start:end + len(CALL_CLOSE)]
-        try:
-            calls.append(read_tool_call(rest[start + len(CALL_OPEN):end].strip()))
-        except ValueError as e:
-            errors.append(f"tool call {len(calls) + len(errors)}: {e}")
-            kept.append(block)
-        pos = end + len(CALL_CLOSE)
-    kept.append(rest[pos:])
-    content = "".join(kept)
-    if calls:
-        content = content.strip("\n")
-    return ParsedReply(content, reasoning, calls, errors)
+class ReplyStream:
+    """Reads a reply as it is generated: ``feed(piece)`` returns the events the text so far settles, ``finish()``
+    the rest. Events: ("reasoning", text), ("content", text), ("tool_call", ToolCall), ("error", message).
+
+    A ``<think>`` block at the start is reasoning (newlines at its edges dropped); then content, in which, with
+    ``tools``, each ``<tool_call>...</tool_call>`` becomes a call (newlines around calls dropped). Text that might
+    be the start of a tag, and trailing newlines, are held back until the next piece says what they are, so
+    the events do not depend on how the text was cut into pieces (tested). A call that is not valid JSON, or not
+    closed, stays in the content as written and is reported in an error event."""
+
+    def __init__(self, tools: bool = True):
+        self.tools = tools
+        self.state = "start"  # start -> think -> content <-> call
+        self.buf = self.held = ""
+        self.trim = False  # drop the newlines that follow </think> or a call
+        self.thought = False
+        self.calls = 0
+        self.bad = 0
+
+    def feed(self, text: str) -> list[tuple[str, Any]]:
+        self.buf += text
+        return self._drain(final=False)
+
+    def finish(self) -> list[tuple[str, Any]]:
+        events = self._drain(final=True)
+        if self.state == "content" and self.held and not self.calls:
+            events.append(("content", self.held))
+        self.held = ""
+        return events
+
+    def _text(self, events: list, kind: str, piece: str) -> None:
+        if self.trim:
+            piece = piece.lstrip("\n")
+            self.trim = not piece
+        text = self.held + piece
+        body = text.rstrip("\n")
+        self.held = text[len(body):]
+        if body:
+            events.append((kind, body))
+
+    def _drain(self, final: bool) -> list[tuple[str, Any]]:
+        events: list[tuple[str, Any]] = []
+        while True:
+            if self.state == "start":
+                head = self.buf.lstrip("\n")
+                if head.startswith(THINK_OPEN):
+                    self.buf, self.state, self.trim, self.thought = head[len(THINK_OPEN):], "think", True, True
+                elif not final and THINK_OPEN.startswith(head):
+                    return events
+                else:
+                    self.state = "content"
+            elif self.state == "think":
+                end = self.buf.find(THINK_CLOSE)
+                if end < 0:
+                    keep = 0 if final else _partial(self.buf, THINK_CLOSE)
+                    self._text(events, "reasoning", self.buf[:len(self.buf) - keep])
+                    self.buf = self.buf[len(self.buf) - keep:]
+                    return events
+                self._text(events, "reasoning", self.buf[:end])
+                self.buf, self.state, self.held, self.trim = self.buf[end + len(THINK_CLOSE):], "content", "", True
+            elif self.state == "content":
+                start = self.buf.find(CALL_OPEN) if self.tools else -1
+                if start < 0:
+                    keep = 0 if final or not self.tools else _partial(self.buf, CALL_OPEN)
+                    self._text(events, "content", self.buf[:len(self.buf) - keep])
+                    self.buf = self.buf[len(self.buf) - keep:]
+                    return events
+                self._text(events, "content", self.buf[:start])
+                self.buf, self.state, self.held = self.buf[start + len(CALL_OPEN):], "call", ""
+            else:  # inside a tool call: wait for its end
+                end = self.buf.find(CALL_CLOSE)
+                if end < 0 and not final:
+                    return events
+                body = self.buf if end < 0 else self.buf[:end]
+                self.buf = "" if end < 0 else self.buf[end + len(CALL_CLOSE):]
+                self.state = "content"
+                n = self.calls + self.bad
+                try:
+                    if end < 0:
+                        raise ValueError(f"{CALL_OPEN} is never closed")
+                    events.append(("tool_call", read_tool_call(body.strip())))
+                    self.calls += 1
+                    self.trim = True
+                except ValueError as e:
+                    self.bad += 1
+                    events.append(("error", f"tool call {n}: {e}"))
+                    events.append(("content", CALL_OPEN + body + ("" if end < 0 else CALL_CLOSE)))
+
+
+def parse_reply(text: str, tools: bool = True) -> ParsedReply:
+    """Read a generated assistant turn (without <|im_end|>) into reasoning, content and tool calls, exactly as
+    ``ReplyStream`` reads it piece by piece. Never raises: a call that is not valid JSON, or not closed, stays in
+    the content and is described in ``errors``."""
+    stream = ReplyStream(tools)
+    events = stream.feed(text) + stream.finish()
+    return reply_from_events(events, stream.thought)
+
+
+def reply_from_events(events: Sequence[tuple[str, Any]], thought: bool) -> ParsedReply:
+    reply = ParsedReply("".join(v for k, v in events if k == "content"),
+                        "".join(v for k, v in events if k == "reasoning") if thought else None)
+    reply.tool_calls = [v for k, v in events if k == "tool_call"]
+    reply.errors = [v for k, v in events if k == "error"]
+    return reply
 
 
 # ---- the same template in Jinja, for transformers' apply_chat_template -----------------------------

@@ -27,7 +27,7 @@ from mmlab.errors import MMLabError
 from mmlab.model.lm import MiniMindLM
 from mmlab.model.lora import LoRAConfig, apply_lora, trainable_parameters
 from mmlab.tokenizer.base import Tokenizer, TokenizerError
-from mmlab.tokenizer.chat import IM_END, IM_START, encode_chat
+from mmlab.tokenizer.chat import IM_END, IM_START, encode_chat, parse_reply
 from mmlab.train.checkpoint import (
     load_checkpoint_tokenizer,
     load_model,
@@ -127,7 +127,8 @@ def evaluate_sft(model: MiniMindLM, tok: Tokenizer, convs: Sequence[Messages], b
     """Held-out quality of a chat model:
 
     - ``answer_loss``: mean loss (nats) per reference-answer token, prompts as context (teacher forcing);
-    - ``exact_match``: share of greedy answers equal to the reference (after trimming spaces);
+    - ``exact_match``: share of greedy answers equal to the reference (after trimming spaces; the answer is
+      what follows the reply's ``<think>`` block, if it wrote one);
     - ``rouge_l``: mean ROUGE-L F1 of greedy answers against the references;
     - ``samples``: a few prompts with the reference and the model's answer.
     """
@@ -153,7 +154,8 @@ def evaluate_sft(model: MiniMindLM, tok: Tokenizer, convs: Sequence[Messages], b
         room = min(max_new_tokens, model.cfg.max_seq_len - len(ids))
         if room <= 0:
             continue  # a prompt that fills the context: counted out of the generation metrics (n_generated)
-        answer = tok.decode(generate(model, ids, room, temperature=0.0, stop_tokens=[stop])[0]).strip()
+        reply = tok.decode(generate(model, ids, room, temperature=0.0, stop_tokens=[stop])[0])
+        answer = parse_reply(reply, tools=False).content.strip()  # a <think> block is not part of the answer
         exact.append(answer == reference.strip())
         rouge.append(rouge_l(answer, reference))
         if len(samples) < n_samples:
