@@ -123,3 +123,16 @@ def test_serve_load_benchmark_quick():
     assert not committed["quick"] and committed["max_clients"] == 16
     readme = (ROOT / "README.md").read_text()
     assert f"{committed['speedup_at_max_clients']:.2f}x one-at-a-time's tokens/s at 16 streaming clients" in readme
+
+
+def test_ppo_vs_grpo_benchmark_quick():
+    """PPO (with its critic) and GRPO from the same base at equal rollouts: both run, and the report says what
+    each cost (the full run's reward comparison is a figure, not an assertion)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ppo_vs_grpo.py"), "--quick", "--threads", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    runs = {r["method"]: r for r in report["results"]}
+    assert set(runs) == {"grpo", "ppo"} and report["equal_rollouts"]
+    assert runs["grpo"]["completions_sampled"] == runs["ppo"]["completions_sampled"] > 0
+    assert runs["ppo"]["model_state_mib"] > runs["grpo"]["model_state_mib"]  # the critic and its optimizer state

@@ -155,6 +155,18 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
 
 
+def _add_rollout_flags(p: argparse.ArgumentParser, ppo_epochs: int) -> None:
+    """The flags `train grpo` and `train ppo` share: sampling, the clip, the KL to the reference, the tasks."""
+    p.add_argument("--group-size", type=_positive_int, default=8, help="completions sampled per prompt (G)")
+    p.add_argument("--kl-coef", type=float, default=0.04, help="weight of the KL penalty to the reference")
+    p.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip range of the probability ratio")
+    p.add_argument("--ppo-epochs", type=_positive_int, default=ppo_epochs,
+                   help=f"optimizer steps per rollout batch (default {ppo_epochs})")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=12)
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the rollouts")
+    p.add_argument("--tasks", default=None, help="comma-separated task kinds (add,sub,mul,copy,reverse,fact)")
+
+
 def _parse_set(items: list[str]) -> dict[str, Any]:
     """``--set n_kv_heads=1 --set causal=false`` -> {"n_kv_heads": 1, "causal": False}: values are JSON
     (numbers, true/false, null), anything else is a string."""
@@ -281,15 +293,24 @@ DISTILL_DEFAULTS = {"max_iters": 500, "lr": 2e-3, "warmup_iters": 50, "eval_inte
 
 
 def _cmd_train_grpo(args: argparse.Namespace) -> int:
-    from mmlab.train.grpo import grpo
-
+    """`mmlab train grpo` and `mmlab train ppo`: the same rollouts and rewards, two ways to get a baseline."""
+    is_ppo = args.train_command == "ppo"
     if not args.resume and not args.base:
         raise MMLabError("--base is required: the checkpoint (an SFT or DPO run) to train with rewards")
     cfg = _stage_config(args, GRPO_DEFAULTS)
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
-    record = grpo(args.base, cfg, group_size=args.group_size, kl_coef=args.kl_coef, clip_eps=args.clip_eps,
-                  ppo_epochs=args.ppo_epochs, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                  tasks=tasks, resume=args.resume, overwrite=args.overwrite)
+    shared = {"group_size": args.group_size, "kl_coef": args.kl_coef, "clip_eps": args.clip_eps,
+              "ppo_epochs": args.ppo_epochs, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+              "tasks": tasks, "resume": args.resume, "overwrite": args.overwrite}
+    if is_ppo:
+        from mmlab.train import ppo as stage
+
+        record = stage.ppo(args.base, cfg, gamma=args.gamma, lam=args.lam, vf_coef=args.vf_coef,
+                           cliprange_value=args.cliprange_value, **shared)
+    else:
+        from mmlab.train import grpo as stage
+
+        record = stage.grpo(args.base, cfg, **shared)
     rollouts = record["rollouts"]
     if rollouts:
         first, last = rollouts[0], rollouts[-1]
@@ -298,8 +319,12 @@ def _cmd_train_grpo(args: argparse.Namespace) -> int:
     if record["before"]:
         print(f"held-out exact match ({record['heldout_prompts']} prompts, greedy): "
               f"{record['before']['exact_match']:.3f} -> {record['after']['exact_match']:.3f}")
+    if is_ppo:
+        m = record["memory"]
+        print(f"wall time {record['wall_s']:.1f} s, peak RSS {m['peak_rss_mib']:.0f} MiB, weights + gradients + "
+              f"AdamW state {m['model_state_mib']:.1f} MiB (policy and critic)")
     out = Path(cfg.out_dir)
-    print(f"checkpoint {out / 'ckpt'}, report {out / 'grpo_eval.json'}")
+    print(f"checkpoint {out / 'ckpt'}, report {out / stage.EVAL_FILE}")
     return 0
 
 
@@ -776,13 +801,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "with a KL penalty to the starting model. Prompts: the built-in verifiable tasks. Defaults: "
                     f"{', '.join(f'{k}={v}' for k, v in GRPO_DEFAULTS.items())} (--batch-size = prompts per step).")
     p.add_argument("--base", help="the checkpoint (or run folder) to train; on --resume, the run's own")
-    p.add_argument("--group-size", type=_positive_int, default=8, help="completions sampled per prompt (G)")
-    p.add_argument("--kl-coef", type=float, default=0.04, help="weight of the KL penalty to the reference")
-    p.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip range of the probability ratio")
-    p.add_argument("--ppo-epochs", type=_positive_int, default=1, help="optimizer steps per rollout batch")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=12)
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the rollouts")
-    p.add_argument("--tasks", default=None, help="comma-separated task kinds (add,sub,mul,copy,reverse,fact)")
+    _add_rollout_flags(p, ppo_epochs=1)
+    _add_train_flags(p)
+    p.set_defaults(func=_cmd_train_grpo)
+
+    p = train_sub.add_parser(
+        "ppo", help="reinforcement learning with verifiable rewards (PPO with a critic)",
+        description="The same rollouts and rewards as `train grpo`, with a learned baseline: a critic (a copy of the "
+                    "base with a scalar value head) predicts the return per token; per-token rewards are the "
+                    "checker's score at the last token minus kl_coef times the log-ratio to the starting model; "
+                    "GAE(gamma, lambda) advantages, clipped policy and value losses, --ppo-epochs steps per rollout "
+                    "batch. The critic is saved in the checkpoint's trainer state (the checkpoint itself is a plain "
+                    f"policy). Defaults: {', '.join(f'{k}={v}' for k, v in GRPO_DEFAULTS.items())} "
+                    "(--batch-size = prompts per step; --group-size = completions per prompt, 1 is allowed).")
+    p.add_argument("--base", help="the checkpoint (or run folder) to train; on --resume, the run's own")
+    _add_rollout_flags(p, ppo_epochs=4)
+    p.add_argument("--gamma", type=float, default=1.0, help="discount per token (default 1: the reward is at the end)")
+    p.add_argument("--lam", type=float, default=0.95, help="GAE lambda: 1 = Monte-Carlo returns, 0 = one-step TD")
+    p.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss")
+    p.add_argument("--cliprange-value", type=float, default=0.2,
+                   help="how far a value may move from the rollout's before the value loss clips it")
     _add_train_flags(p)
     p.set_defaults(func=_cmd_train_grpo)
 

@@ -39,7 +39,7 @@ from mmlab.data.synthetic import TaskItem, make_tasks
 from mmlab.errors import ConfigError
 from mmlab.model.lm import IGNORE_INDEX
 from mmlab.tokenizer.base import Tokenizer
-from mmlab.tokenizer.chat import IM_END, encode_chat
+from mmlab.tokenizer.chat import IM_END, THINK_CLOSE, THINK_OPEN, encode_chat, parse_reply
 
 EVAL_FILE = "grpo_eval.json"
 
@@ -61,6 +61,39 @@ def exact_reward(completion: str, answer: str, finished: bool, format_weight: fl
     return float(completion.strip() == answer.strip()) + (format_weight if finished else 0.0)
 
 
+def reply_answer(completion: str) -> str:
+    """The answer of a completion: what follows its ``<think>`` block, if it has one, trimmed."""
+    return parse_reply(completion, tools=False).content.strip()
+
+
+def think_format_ok(completion: str, finished: bool) -> bool:
+    """The reasoning format: one ``<think>`` block at the start with some reasoning in it, closed, then only
+    the answer (one word: no spaces, no second block, no tags), and the turn ended with the end-of-turn token."""
+    text = completion.lstrip("\n")
+    if not finished or not text.startswith(THINK_OPEN) or text.count(THINK_OPEN) != 1 or text.count(THINK_CLOSE) != 1:
+        return False
+    reasoning, _, content = text[len(THINK_OPEN):].partition(THINK_CLOSE)
+    return bool(reasoning.strip()) and len(content.split()) == 1 and "<" not in content
+
+
+def think_reward(completion: str, answer: str, finished: bool, format_weight: float = 0.1) -> float:
+    """1 for the exact answer after the think block (``reply_answer``), plus ``format_weight`` for the
+    reasoning format (``think_format_ok``). The two are separate, as in DeepSeek-R1's rule-based rewards: an
+    unclosed think block has no answer (0), a right answer without a think block earns 1 but not the format."""
+    return float(reply_answer(completion) == answer.strip()) + (format_weight if think_format_ok(completion, finished)
+                                                                else 0.0)
+
+
+REWARDS: dict[str, Callable[[str, str, bool], float]] = {"exact": exact_reward, "think": think_reward}
+
+
+def reasoning_prompts(n: int, seed: int = 0, steps: Sequence[int] = (1, 2, 3, 4)) -> list[RLPrompt]:
+    """Multi-step arithmetic problems (``mmlab.data.reasoning``) as RL prompts: the prompts of ``reward="think"``."""
+    from mmlab.data.reasoning import make_problems
+
+    return [RLPrompt([{"role": "user", "content": p.prompt}], p.answer) for p in make_problems(n, steps, seed=seed)]
+
+
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """(P, G) rewards -> (P, G) advantages: per-group (r - mean) / (std + eps); a group whose completions
     all scored the same carries no signal (advantage 0)."""
@@ -74,10 +107,12 @@ class RolloutSource:
     them, and returns a training batch ``(x, y, advantages, old_logprobs)``; each rollout batch is served
     for ``ppo_epochs`` consecutive optimizer steps. ``rows`` = prompts per micro-batch."""
 
+    min_group_size = 2  # GRPO's baseline is the group; PPO (a critic's baseline) can sample one per prompt
+
     def __init__(self, model: torch.nn.Module, tok: Tokenizer, prompts: Sequence[RLPrompt], group_size: int = 8,
                  max_new_tokens: int = 16, temperature: float = 1.0, ppo_epochs: int = 1,
                  reward: Callable[[str, str, bool], float] = exact_reward, amp_dtype: torch.dtype | None = None):
-        check_rollout_settings(group_size, temperature, max_new_tokens, ppo_epochs)
+        check_rollout_settings(group_size, temperature, max_new_tokens, ppo_epochs, self.min_group_size)
         if not prompts:
             raise ConfigError("no prompts")
         self.amp_dtype = amp_dtype
@@ -91,10 +126,29 @@ class RolloutSource:
 
     @torch.no_grad()
     def rollout(self, prompts: Sequence[RLPrompt], generator: torch.Generator) -> tuple:
+        x, y, reward_t = self.sample_completions(prompts, generator)
+        adv = group_advantages(reward_t).view(-1)
+        old = torch.full(x.shape, float("nan"))  # nan: "use the current log-probs" (first use of a rollout)
+        if self.ppo_epochs > 1:
+            old = self.logprobs(x, y)
+        return x, y, adv, old
+
+    @torch.no_grad()
+    def logprobs(self, x: torch.Tensor, y: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Log-probs of a rollout's tokens under ``model`` (default: the sampling policy) at the sampling
+        temperature and the training autocast dtype: (B, T) on the CPU."""
+        model = self.model if model is None else model
+        device = next(model.parameters()).device
+        with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            return token_logprobs(model, x.to(device), y.to(device), self.temperature).float().cpu()
+
+    @torch.no_grad()
+    def sample_completions(self, prompts: Sequence[RLPrompt], generator: torch.Generator) -> tuple:
+        """``group_size`` completions per prompt, scored: ``(x, y, rewards)``, x and y (P * G, T) padded
+        rows (y: the completion's tokens, IGNORE_INDEX elsewhere), rewards (P, G). Logs the batch in history."""
         from mmlab.infer.generate import generate
 
         model, g = self.model, self.group_size
-        device = next(model.parameters()).device
         rows, targets, rewards, correct, lengths = [], [], [], [], []
         for p in prompts:
             ids, _ = encode_chat(self.tok, p.messages, add_generation_prompt=True)
@@ -114,7 +168,7 @@ class RolloutSource:
                 rows.append(seq[:-1])
                 targets.append(y)
                 rewards.append(r)
-                correct.append(float(text.strip() == p.answer.strip()))
+                correct.append(float(reply_answer(text) == p.answer.strip()))
                 lengths.append(len(new))
         width = max(len(r) for r in rows)
         x = torch.zeros(len(rows), width, dtype=torch.long)
@@ -123,15 +177,10 @@ class RolloutSource:
             x[i, :len(r)] = torch.tensor(r)
             y[i, :len(t)] = torch.tensor(t)
         reward_t = torch.tensor(rewards).view(len(prompts), g)
-        adv = group_advantages(reward_t).view(-1)
-        old = torch.full(x.shape, float("nan"))  # nan: "use the current log-probs" (first use of a rollout)
-        if self.ppo_epochs > 1:
-            with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                old = token_logprobs(model, x.to(device), y.to(device), self.temperature).float().cpu()
         self.history.append({"reward": statistics.fmean(rewards), "accuracy": statistics.fmean(correct),
                              "length": statistics.fmean(lengths),
-                             "signal": float((reward_t.std(dim=1) > 0).float().mean())})
-        return x, y, adv, old
+                             "signal": float((reward_t.std(dim=1, correction=0) > 0).float().mean())})
+        return x, y, reward_t
 
     def sample(self, split: str, rows: int, generator: torch.Generator):
         if self._cached is None or self._served >= self.ppo_epochs:
@@ -176,11 +225,7 @@ class GRPOLoss:
         mask = (y != IGNORE_INDEX).float()
         logp = token_logprobs(model, x, y, self.t)
         old = torch.where(torch.isnan(old), logp.detach(), old)  # first use of a rollout: ratio exactly 1
-        ratio = torch.exp(logp - old)
-        a = adv.unsqueeze(1)
-        unclipped, clipped_obj = ratio * a, ratio.clamp(1 - self.clip_eps, 1 + self.clip_eps) * a
-        surrogate = torch.minimum(unclipped, clipped_obj)
-        per_token = -surrogate
+        per_token, clipped = clipped_policy_loss(logp, old, adv.unsqueeze(1), self.clip_eps)
         kl = torch.zeros((), device=x.device)
         if self.kl_coef > 0:
             with torch.no_grad():
@@ -190,7 +235,6 @@ class GRPOLoss:
             per_token = per_token + self.kl_coef * k3
             kl = (k3.detach() * mask).sum() / mask.sum().clamp(min=1)
         loss_sum = (per_token * mask).sum()
-        clipped = (clipped_obj < unclipped).float()  # tokens where the clip is what min() kept (no gradient)
         return loss_sum, int(mask.sum()), {"kl": float(kl), "clip_fraction": float((clipped * mask).sum() /
                                                                                       mask.sum().clamp(min=1))}
 
@@ -198,11 +242,22 @@ class GRPOLoss:
         return int((batch[1] != IGNORE_INDEX).sum())
 
 
-def check_rollout_settings(group_size: int, temperature: float, max_new_tokens: int, ppo_epochs: int) -> None:
+def clipped_policy_loss(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor,
+                        clip_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate, negated: -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) per token (B, T),
+    and a (B, T) 0/1 mask of the tokens where the clip is what min() kept (no gradient). adv: (B, 1) or (B, T)."""
+    ratio = torch.exp(logp - old)
+    unclipped, clipped_obj = ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv
+    return -torch.minimum(unclipped, clipped_obj), (clipped_obj < unclipped).float()
+
+
+def check_rollout_settings(group_size: int, temperature: float, max_new_tokens: int, ppo_epochs: int,
+                           min_group: int = 2) -> None:
     from mmlab.infer.generate import GREEDY_BELOW
 
-    if group_size < 2:
-        raise ConfigError(f"group_size={group_size}: a group needs at least 2 completions to compare")
+    if group_size < min_group:
+        raise ConfigError(f"group_size={group_size}: a group needs at least 2 completions to compare" if min_group == 2
+                          else f"group_size={group_size} must be >= {min_group}")
     if not temperature > 0:
         raise ConfigError(f"temperature={temperature} must be > 0: at 0 every completion of a group is the same, "
                           "so every advantage is 0 and nothing is learned")
@@ -219,34 +274,36 @@ def check_loss_settings(kl_coef: float, clip_eps: float) -> None:
 
 
 # ---- the stage -------------------------------------------------------------------------------
-def grpo(base: str | Path | None, train_cfg: Any, *, group_size: int = 8, kl_coef: float = 0.04,
-         clip_eps: float = 0.2, ppo_epochs: int = 1, max_new_tokens: int = 12, temperature: float = 1.0,
-         n_prompts: int = 2000, n_heldout: int = 200, tasks: Sequence[str] | None = None, resume: bool = False,
-         overwrite: bool = False, **trainer_kwargs: Any) -> dict[str, Any]:
-    """RL-tune the checkpoint ``base`` (an SFT or DPO model) on the synthetic verifiable tasks; held-out
-    exact-match accuracy before and after, and the reward curve, go to ``grpo_eval.json``."""
-    import time
+@dataclass
+class RLRun:
+    """What a reward-trained stage (GRPO, PPO) starts from: the policy loaded from the base checkpoint, its
+    tokenizer, the frozen reference (None without a KL penalty), training prompts and held-out prompts."""
 
+    base_ckpt: Path
+    tok: Tokenizer
+    device: torch.device
+    model: Any
+    reference: Any
+    prompts: list[RLPrompt]
+    heldout: list[RLPrompt]
+    max_new_tokens: int
+
+    def measure(self) -> dict[str, Any]:
+        """Greedy held-out exact match (and answer loss, a few samples)."""
+        from mmlab.train.sft import evaluate_sft
+
+        convs = [[*p.messages, {"role": "assistant", "content": p.answer}] for p in self.heldout]
+        r = evaluate_sft(self.model, self.tok, convs, self.model.cfg.max_seq_len, max_new_tokens=self.max_new_tokens)
+        return {k: r[k] for k in ("exact_match", "answer_loss", "n_generated", "samples")}
+
+
+def load_rl_run(base: str | Path, train_cfg: Any, *, kl_coef: float, ppo_epochs: int, max_new_tokens: int,
+                n_prompts: int, n_heldout: int, tasks: Sequence[str] | None) -> RLRun:
+    from mmlab.data.synthetic import TASKS
     from mmlab.errors import MMLabError
     from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model, resolve_checkpoint
-    from mmlab.train.pretrain import clear_run
-    from mmlab.train.sft import check_chat_tokenizer, evaluate_sft
-    from mmlab.train.stages import refuse_existing_run, saved_stage, stage_device, write_report
-    from mmlab.train.trainer import Trainer
-
-    out = Path(train_cfg.out_dir)
-    refuse_existing_run(out, resume, overwrite)
-    if resume:
-        saved = saved_stage(out, "grpo")
-        base = saved["base"]
-        group_size, kl_coef, clip_eps, ppo_epochs, max_new_tokens, temperature, n_prompts, n_heldout, tasks = (
-            saved[k] for k in ("group_size", "kl_coef", "clip_eps", "ppo_epochs", "max_new_tokens", "temperature",
-                               "n_prompts", "n_heldout", "tasks"))
-    if base is None:
-        raise MMLabError("GRPO needs a base checkpoint")
-    check_rollout_settings(group_size, temperature, max_new_tokens, ppo_epochs)
-    check_loss_settings(kl_coef, clip_eps)
-    from mmlab.data.synthetic import TASKS
+    from mmlab.train.sft import check_chat_tokenizer
+    from mmlab.train.stages import stage_device
 
     unknown = sorted(set(tasks or ()) - set(TASKS))
     if unknown or (tasks is not None and not tasks):
@@ -265,34 +322,75 @@ def grpo(base: str | Path | None, train_cfg: Any, *, group_size: int = 8, kl_coe
     seen = {p.messages[0]["content"] for p in prompts}
     heldout = [p for p in task_prompts(4 * n_heldout, seed=train_cfg.seed + 10_000, tasks=tasks)
                if p.messages[0]["content"] not in seen][:n_heldout]
-    convs = [[*p.messages, {"role": "assistant", "content": p.answer}] for p in heldout]
-    block = model.cfg.max_seq_len
+    return RLRun(base_ckpt, tok, device, model, reference, prompts, heldout, max_new_tokens)
 
-    def measure() -> dict[str, Any]:
-        r = evaluate_sft(model, tok, convs, block, max_new_tokens=max_new_tokens)
-        return {k: r[k] for k in ("exact_match", "answer_loss", "n_generated", "samples")}
 
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train_cfg.dtype)
-    source = RolloutSource(model, tok, prompts, group_size=group_size, max_new_tokens=max_new_tokens,
-                           temperature=temperature, ppo_epochs=ppo_epochs, amp_dtype=amp)
-    before = {} if resume else measure()
-    if overwrite and not resume:
-        clear_run(out)
-    extra_state = {"stage": "grpo", "base": str(base), "group_size": group_size, "kl_coef": kl_coef,
-                   "clip_eps": clip_eps, "ppo_epochs": ppo_epochs, "max_new_tokens": max_new_tokens,
-                   "temperature": temperature, "n_prompts": n_prompts, "n_heldout": n_heldout,
-                   "tasks": list(tasks) if tasks else None, "before": before, "rollouts": source.history}
-    trainer = Trainer(model, GRPOLoss(reference, kl_coef, clip_eps, temperature), source, train_cfg, tokenizer=tok,
-                      resume=resume, extra_state=extra_state, **trainer_kwargs)
+def fit_and_record(trainer: Any, source: RolloutSource, run: RLRun, before: dict[str, Any],
+                   resume: bool) -> dict[str, Any]:
+    """Train, then measure again: the stage's report (settings, before/after, the reward curve, timings)."""
+    import time
+
     if resume:  # the saved state holds the earlier rollouts and the "before" numbers: continue them
         source.history = trainer.extra_state.setdefault("rollouts", [])
         before = trainer.extra_state.get("before", {})
     t0 = time.perf_counter()
     result = trainer.fit()
     settings = {k: v for k, v in trainer.extra_state.items() if k not in ("before", "rollouts")}
-    record = {**settings, "before": before, "after": measure(), "rollouts": source.history,
-              "steps": result.steps, "train_s": result.elapsed_s, "wall_s": time.perf_counter() - t0,
-              "heldout_prompts": len(heldout)}
+    return {**settings, "before": before, "after": run.measure(), "rollouts": source.history,
+            "steps": result.steps, "train_s": result.elapsed_s, "wall_s": time.perf_counter() - t0,
+            "heldout_prompts": len(run.heldout)}
+
+
+def grpo(base: str | Path | None, train_cfg: Any, *, group_size: int = 8, kl_coef: float = 0.04,
+         clip_eps: float = 0.2, ppo_epochs: int = 1, max_new_tokens: int = 12, temperature: float = 1.0,
+         n_prompts: int = 2000, n_heldout: int = 200, tasks: Sequence[str] | None = None, resume: bool = False,
+         overwrite: bool = False, reward: str = "exact", **trainer_kwargs: Any) -> dict[str, Any]:
+    """RL-tune the checkpoint ``base`` (an SFT or DPO model) on the synthetic verifiable tasks; held-out
+    exact-match accuracy before and after, and the reward curve, go to ``grpo_eval.json``. ``reward``:
+    "exact" (``exact_reward`` on the tasks) or "think" (``think_reward`` on multi-step arithmetic problems,
+    ``reasoning_prompts``, for a model that reasons in a think block; ``tasks`` must then be None)."""
+    from mmlab.errors import MMLabError
+    from mmlab.train.pretrain import clear_run
+    from mmlab.train.stages import refuse_existing_run, saved_stage, write_report
+    from mmlab.train.trainer import Trainer
+
+    out = Path(train_cfg.out_dir)
+    refuse_existing_run(out, resume, overwrite)
+    if resume:
+        saved = saved_stage(out, "grpo")
+        base = saved["base"]
+        group_size, kl_coef, clip_eps, ppo_epochs, max_new_tokens, temperature, n_prompts, n_heldout, tasks = (
+            saved[k] for k in ("group_size", "kl_coef", "clip_eps", "ppo_epochs", "max_new_tokens", "temperature",
+                               "n_prompts", "n_heldout", "tasks"))
+        reward = saved.get("reward", "exact")
+    if base is None:
+        raise MMLabError("GRPO needs a base checkpoint")
+    if reward not in REWARDS or (reward == "think" and tasks):
+        raise ConfigError(f"reward={reward!r}: choose from {', '.join(REWARDS)} (\"think\" brings its own "
+                          "problems: leave out tasks)")
+    check_rollout_settings(group_size, temperature, max_new_tokens, ppo_epochs)
+    check_loss_settings(kl_coef, clip_eps)
+    run = load_rl_run(base, train_cfg, kl_coef=kl_coef, ppo_epochs=ppo_epochs, max_new_tokens=max_new_tokens,
+                      n_prompts=n_prompts, n_heldout=n_heldout, tasks=tasks)
+    if reward == "think":  # multi-step problems; held out: another seed's, minus any prompt trained on
+        run.prompts = reasoning_prompts(n_prompts, seed=train_cfg.seed)
+        seen = {p.messages[0]["content"] for p in run.prompts}
+        run.heldout = [p for p in reasoning_prompts(4 * n_heldout, seed=train_cfg.seed + 10_000)
+                       if p.messages[0]["content"] not in seen][:n_heldout]
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train_cfg.dtype)
+    source = RolloutSource(run.model, run.tok, run.prompts, group_size=group_size, max_new_tokens=max_new_tokens,
+                           temperature=temperature, ppo_epochs=ppo_epochs, reward=REWARDS[reward], amp_dtype=amp)
+    before = {} if resume else run.measure()
+    if overwrite and not resume:
+        clear_run(out)
+    extra_state = {"stage": "grpo", "base": str(base), "group_size": group_size, "kl_coef": kl_coef,
+                   "clip_eps": clip_eps, "ppo_epochs": ppo_epochs, "max_new_tokens": max_new_tokens,
+                   "temperature": temperature, "n_prompts": n_prompts, "n_heldout": n_heldout,
+                   "tasks": list(tasks) if tasks else None, "reward": reward, "before": before,
+                   "rollouts": source.history}
+    trainer = Trainer(run.model, GRPOLoss(run.reference, kl_coef, clip_eps, temperature), source, train_cfg,
+                      tokenizer=run.tok, resume=resume, extra_state=extra_state, **trainer_kwargs)
+    record = fit_and_record(trainer, source, run, before, resume)
     write_report(out, EVAL_FILE, record, default=_nan_safe)
     return record
 
