@@ -683,9 +683,11 @@ def test_chat_page_streams_a_reply_in_headless_chromium(server, tmp_path):
                                              "stream_options": {"include_usage": True}})
     chunks = events(text)
     expected = streamed_text(chunks[:-1])
-    n_pieces = sum(1 for c in chunks[:-2] if c["choices"] and c["choices"][0]["delta"].get("content"))
+    n_tokens = chunks[-2]["usage"]["completion_tokens"]
     [(shown, shown_chunks)] = page["replies"]
-    assert shown == expected and int(shown_chunks) == n_pieces
+    # a stream coalesces the tokens that arrived since the last wake-up, so how many chunks carry them
+    # depends on timing: the page counts every chunk it drew, at least one and at most one per token
+    assert shown == expected and 1 <= int(shown_chunks) <= n_tokens
     assert page["meta"] == [f"{chunks[-2]['usage']['completion_tokens']} tokens, "
                             f"finish: {chunks[-3]['choices'][0]['finish_reason']}"]
 
