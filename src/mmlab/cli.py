@@ -310,7 +310,7 @@ def _cmd_train_grpo(args: argparse.Namespace) -> int:
     else:
         from mmlab.train import grpo as stage
 
-        record = stage.grpo(args.base, cfg, **shared)
+        record = stage.grpo(args.base, cfg, reward=args.reward, **shared)
     rollouts = record["rollouts"]
     if rollouts:
         first, last = rollouts[0], rollouts[-1]
@@ -325,6 +325,41 @@ def _cmd_train_grpo(args: argparse.Namespace) -> int:
               f"AdamW state {m['model_state_mib']:.1f} MiB (policy and critic)")
     out = Path(cfg.out_dir)
     print(f"checkpoint {out / 'ckpt'}, report {out / stage.EVAL_FILE}")
+    return 0
+
+
+def _cmd_train_agent_rl(args: argparse.Namespace) -> int:
+    """`mmlab train agent-rl`: multi-turn RL with tools on the synthetic tool tasks."""
+    from mmlab.data.tool_tasks import heldout_tool_tasks, make_tool_tasks, parse_kinds
+    from mmlab.train.agent_rl import EVAL_FILE, agent_rl
+    from mmlab.train.grpo import RLPrompt
+
+    if args.resume:
+        raise MMLabError("train agent-rl has no --resume: its runs are short; start again with --overwrite")
+    try:
+        kinds = parse_kinds(args.kinds)
+    except ValueError as e:
+        raise MMLabError(f"--kinds: {e}") from None
+    cfg = _stage_config(args, GRPO_DEFAULTS)
+    train = make_tool_tasks(args.n_prompts, seed=cfg.seed, kinds=kinds)
+    heldout = heldout_tool_tasks(args.n_heldout, seed=cfg.seed + 10_000, train=train, kinds=kinds)
+    record = agent_rl(args.base, cfg, [RLPrompt(t.messages(), t.answer) for t in train],
+                      [RLPrompt(t.messages(), t.answer) for t in heldout], heldout_groups=[t.label for t in heldout],
+                      loss=args.loss, group_size=args.group_size, ppo_epochs=args.ppo_epochs, clip_eps=args.clip_eps,
+                      eps_high=args.eps_high, kl_coef=args.kl_coef, max_turns=args.max_turns,
+                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, show_tools=args.show_tools,
+                      overwrite=args.overwrite)
+    rollouts = record["rollouts"]
+    if rollouts:
+        print(f"\nrollout reward {rollouts[0]['reward']:.3f} -> {rollouts[-1]['reward']:.3f} over "
+              f"{len(rollouts)} rollout batches")
+    b, a = record["before"], record["after"]
+    print(f"held-out accuracy ({record['heldout_prompts']} tasks, greedy episodes): {b['accuracy']:.3f} -> "
+          f"{a['accuracy']:.3f}; episodes that call a tool {b['used_tool']:.2f} -> {a['used_tool']:.2f}")
+    for group in a["by_group"]:
+        print(f"  {group:<28} {b['by_group'][group]:.3f} -> {a['by_group'][group]:.3f}")
+    out = Path(cfg.out_dir)
+    print(f"checkpoint {out / 'ckpt'}, report {out / EVAL_FILE}")
     return 0
 
 
@@ -802,6 +837,10 @@ def build_parser() -> argparse.ArgumentParser:
                     f"{', '.join(f'{k}={v}' for k, v in GRPO_DEFAULTS.items())} (--batch-size = prompts per step).")
     p.add_argument("--base", help="the checkpoint (or run folder) to train; on --resume, the run's own")
     _add_rollout_flags(p, ppo_epochs=1)
+    p.add_argument("--reward", choices=["exact", "think"], default="exact",
+                   help="exact: the exact answer on the tasks (default); think: multi-step arithmetic problems, the "
+                        "exact answer after a closed <think> block plus a format reward (a reasoning model's; "
+                        "raise --max-new-tokens to fit the thinking, e.g. 100)")
     _add_train_flags(p)
     p.set_defaults(func=_cmd_train_grpo)
 
@@ -823,6 +862,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how far a value may move from the rollout's before the value loss clips it")
     _add_train_flags(p)
     p.set_defaults(func=_cmd_train_grpo)
+
+    p = train_sub.add_parser(
+        "agent-rl", help="multi-turn reinforcement learning with tools (GRPO or CISPO)",
+        description="Run --group-size sampled episodes per prompt with the policy: it may call the calculator or the "
+                    "unit converter (run by a sandboxed tool runner), read the responses and answer; the reward is 1 "
+                    "for the exact final answer. Tool responses are masked out of the loss. Prompts: the synthetic "
+                    "tool tasks (python -m mmlab.data.tool_tasks writes their SFT traces; SFT on them first). "
+                    f"Defaults: {', '.join(f'{k}={v}' for k, v in GRPO_DEFAULTS.items())} (--batch-size = prompts "
+                    "per step).")
+    p.add_argument("--base", required=True, help="the checkpoint (or run folder) to train: an SFT run on tool traces")
+    p.add_argument("--loss", choices=["grpo", "cispo"], default="grpo",
+                   help="grpo: PPO's clipped surrogate (default); cispo: a clipped importance weight on every token")
+    p.add_argument("--group-size", type=_positive_int, default=8, help="episodes sampled per prompt (G)")
+    p.add_argument("--ppo-epochs", type=_positive_int, default=1, help="optimizer steps per rollout batch")
+    p.add_argument("--clip-eps", type=float, default=0.2, help="grpo's clip range of the probability ratio")
+    p.add_argument("--eps-high", type=float, default=0.28, help="cispo's cap on the importance weight (1 + eps_high)")
+    p.add_argument("--kl-coef", type=float, default=0.0, help="weight of the KL penalty to the reference (default 0)")
+    p.add_argument("--max-turns", type=_positive_int, default=3, help="assistant turns per episode")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=96, help="tokens per assistant turn")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the rollouts")
+    p.add_argument("--n-prompts", type=_positive_int, default=2000, help="training tasks")
+    p.add_argument("--n-heldout", type=_positive_int, default=100, help="held-out tasks scored before and after")
+    p.add_argument("--kinds", default=None, help="comma-separated task kinds: mul, convert (default: both)")
+    p.add_argument("--show-tools", action="store_true",
+                   help="render the tool schemas in the system turn (off: the model knows its tools from SFT)")
+    _add_train_flags(p)
+    p.set_defaults(func=_cmd_train_agent_rl)
 
     p = train_sub.add_parser(
         "distill", help="distil a larger teacher into a smaller student",

@@ -23,3 +23,14 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 6.4, height: float = 4
     """A figure and its axes in the lab's style."""
     plt.rcParams.update(STYLE)
     return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+
+
+def grouped_bars(ax, labels, series, width: float = 0.8) -> None:
+    """Bars side by side per label: ``series`` is ``[(name, {label: value})]``, one colour per series,
+    sharing ``width`` of each label's slot; labels on the x axis, a legend of the series' names."""
+    n = len(series)
+    for i, (name, values) in enumerate(series):
+        offset = (i - (n - 1) / 2) * width / n
+        ax.bar([x + offset for x in range(len(labels))], [values[lb] for lb in labels], width / n, label=name)
+    ax.set_xticks(list(range(len(labels))), labels, rotation=30, ha="right")
+    ax.legend()

@@ -132,21 +132,57 @@ def heldout_tasks(exp: Any, n: int | None = None) -> list:
     return make_tasks(n or exp.pick(300, 60, 12), seed=10_000 + exp.seed)
 
 
-def task_accuracy(model: Any, tok: Any, items: list, max_new_tokens: int = 12) -> dict[str, float]:
-    """Greedy exact match per task and overall (``"all"``) on task items, in the chat template."""
+def task_accuracy(model: Any, tok: Any, items: list, max_new_tokens: int = 12,
+                  enable_thinking: bool | None = None) -> dict[str, float]:
+    """Greedy exact match per task and overall (``"all"``) on task items, in the chat template.
+    ``enable_thinking=False`` ends the prompt with an empty think block (thinking off); the answer scored is
+    what follows a think block, if the model wrote one (``parse_reply``)."""
     import torch
 
     from mmlab.infer.generate import generate
-    from mmlab.tokenizer.chat import IM_END, encode_chat
+    from mmlab.tokenizer.chat import IM_END, encode_chat, parse_reply
 
     model.eval()
     stop = tok.token_to_id(IM_END)
     hits: dict[str, list[bool]] = {}
     with torch.no_grad():
         for item in items:
-            ids, _ = encode_chat(tok, [{"role": "user", "content": item.prompt}], add_generation_prompt=True)
+            ids, _ = encode_chat(tok, [{"role": "user", "content": item.prompt}], add_generation_prompt=True,
+                                 enable_thinking=enable_thinking)
             out = generate(model, ids, max_new_tokens, temperature=0.0, stop_tokens=[stop])[0]
-            hits.setdefault(item.task, []).append(item.is_correct(tok.decode([t for t in out if t != stop])))
+            answer = parse_reply(tok.decode([t for t in out if t != stop]), tools=False).content
+            hits.setdefault(item.task, []).append(item.is_correct(answer))
     acc = {task: sum(h) / len(h) for task, h in hits.items()}
     every = [x for h in hits.values() for x in h]
     return acc | {"all": sum(every) / len(every)}
+
+
+def reasoning_accuracy(model: Any, tok: Any, problems: list, think: bool = True, budgets: list | None = None,
+                       max_new_tokens: int = 100, force_open: bool = False) -> dict[Any, dict[str, Any]]:
+    """Greedy exact match of reasoning problems (``mmlab.data.reasoning``) with thinking on or off, for each
+    thinking budget (None: unlimited; see ``mmlab.infer.thinking``). Per budget: accuracy and mean thinking
+    tokens per step count (``problem.task``) and overall (``"all"``), the share of replies that thought (a
+    non-empty think block), the share whose think block the model closed itself, and a few samples.
+    ``force_open``: the think block is opened for the model (see ``mmlab.infer.thinking.budget_replies``)."""
+    import statistics
+
+    from mmlab.infer.thinking import budget_replies
+
+    convs = [[{"role": "user", "content": p.prompt}] for p in problems]
+    out = {}
+    for budget, rows in budget_replies(model, tok, convs, budgets or [None], think, max_new_tokens,
+                                       force_open=force_open).items():
+        acc: dict[str, list[float]] = {}
+        spent: dict[str, list[float]] = {}
+        for p, r in zip(problems, rows, strict=True):
+            for key in (p.task, "all"):
+                acc.setdefault(key, []).append(float(r.answer == p.answer))
+                spent.setdefault(key, []).append(float(r.think_tokens))
+        out[budget] = {"accuracy": {k: statistics.fmean(v) for k, v in acc.items()},
+                       "think_tokens": {k: statistics.fmean(v) for k, v in spent.items()},
+                       "thought": statistics.fmean(float(bool((r.reasoning or "").strip())) for r in rows),
+                       "closed": statistics.fmean(float(r.closed) for r in rows),
+                       "n": len(rows),
+                       "samples": [{"prompt": p.prompt, "answer": p.answer, "reply": r.text}
+                                   for p, r in list(zip(problems, rows, strict=True))[:3]]}
+    return out

@@ -102,7 +102,49 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     return (rewards - mean) / (std + eps)
 
 
-class RolloutSource:
+def pad_rows(rows: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token rows with 0 and their targets with IGNORE_INDEX to one width: (x, y), each (N, T)."""
+    width = max(len(r) for r in rows)
+    x = torch.zeros(len(rows), width, dtype=torch.long)
+    y = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (r, t) in enumerate(zip(rows, targets, strict=True)):
+        x[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        y[i, :len(t)] = torch.tensor(t, dtype=torch.long)
+    return x, y
+
+
+class ServedRollouts:
+    """What the trainer sees of an RL data source: ``sample`` draws ``rows`` prompts and returns a fresh
+    ``rollout`` batch, served for ``ppo_epochs`` consecutive optimizer steps; ``slice_rows`` cuts a batch
+    by prompts (``group_size`` rows each); there are no eval batches (held-out scoring is separate).
+    Subclasses set ``prompts``, ``group_size``, ``ppo_epochs`` and define ``rollout``."""
+
+    prompts: list
+    group_size: int
+    ppo_epochs: int
+    _cached: Any = None
+    _served: int = 0
+
+    def rollout(self, prompts: Sequence[RLPrompt], generator: torch.Generator) -> tuple:
+        raise NotImplementedError
+
+    def sample(self, split: str, rows: int, generator: torch.Generator):
+        if self._cached is None or self._served >= self.ppo_epochs:
+            idx = torch.randint(len(self.prompts), (rows,), generator=generator).tolist()
+            self._cached = self.rollout([self.prompts[i] for i in idx], generator)
+            self._served = 0
+        self._served += 1
+        return self._cached
+
+    def slice_rows(self, batch, start: int, stop: int):
+        g = self.group_size
+        return tuple(t[start * g:stop * g] for t in batch)
+
+    def eval_batches(self, split: str):
+        return []
+
+
+class RolloutSource(ServedRollouts):
     """Samples prompts, generates ``group_size`` completions per prompt with the current policy, scores
     them, and returns a training batch ``(x, y, advantages, old_logprobs)``; each rollout batch is served
     for ``ppo_epochs`` consecutive optimizer steps. ``rows`` = prompts per micro-batch."""
@@ -120,8 +162,6 @@ class RolloutSource:
         self.group_size, self.max_new_tokens, self.temperature = group_size, max_new_tokens, temperature
         self.ppo_epochs, self.reward = ppo_epochs, reward
         self.stop = tok.token_to_id(IM_END)
-        self._cached: Any = None
-        self._served = 0
         self.history: list[dict[str, float]] = []  # one record per rollout batch: reward, accuracy, length
 
     @torch.no_grad()
@@ -170,32 +210,12 @@ class RolloutSource:
                 rewards.append(r)
                 correct.append(float(reply_answer(text) == p.answer.strip()))
                 lengths.append(len(new))
-        width = max(len(r) for r in rows)
-        x = torch.zeros(len(rows), width, dtype=torch.long)
-        y = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        for i, (r, t) in enumerate(zip(rows, targets, strict=True)):
-            x[i, :len(r)] = torch.tensor(r)
-            y[i, :len(t)] = torch.tensor(t)
+        x, y = pad_rows(rows, targets)
         reward_t = torch.tensor(rewards).view(len(prompts), g)
         self.history.append({"reward": statistics.fmean(rewards), "accuracy": statistics.fmean(correct),
                              "length": statistics.fmean(lengths),
                              "signal": float((reward_t.std(dim=1, correction=0) > 0).float().mean())})
         return x, y, reward_t
-
-    def sample(self, split: str, rows: int, generator: torch.Generator):
-        if self._cached is None or self._served >= self.ppo_epochs:
-            idx = torch.randint(len(self.prompts), (rows,), generator=generator).tolist()
-            self._cached = self.rollout([self.prompts[i] for i in idx], generator)
-            self._served = 0
-        self._served += 1
-        return self._cached
-
-    def slice_rows(self, batch, start: int, stop: int):
-        g = self.group_size
-        return tuple(t[start * g:stop * g] for t in batch)
-
-    def eval_batches(self, split: str):
-        return []
 
 
 def token_logprobs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -225,7 +245,7 @@ class GRPOLoss:
         mask = (y != IGNORE_INDEX).float()
         logp = token_logprobs(model, x, y, self.t)
         old = torch.where(torch.isnan(old), logp.detach(), old)  # first use of a rollout: ratio exactly 1
-        per_token, clipped = clipped_policy_loss(logp, old, adv.unsqueeze(1), self.clip_eps)
+        per_token, clipped = self.policy_loss(logp, old, adv.unsqueeze(1))
         kl = torch.zeros((), device=x.device)
         if self.kl_coef > 0:
             with torch.no_grad():
@@ -237,6 +257,10 @@ class GRPOLoss:
         loss_sum = (per_token * mask).sum()
         return loss_sum, int(mask.sum()), {"kl": float(kl), "clip_fraction": float((clipped * mask).sum() /
                                                                                       mask.sum().clamp(min=1))}
+
+    def policy_loss(self, logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-token policy loss (B, T) and the 0/1 mask of clipped tokens: PPO's clipped surrogate."""
+        return clipped_policy_loss(logp, old, adv, self.clip_eps)
 
     def count_tokens(self, batch) -> int:
         return int((batch[1] != IGNORE_INDEX).sum())
@@ -297,17 +321,14 @@ class RLRun:
         return {k: r[k] for k in ("exact_match", "answer_loss", "n_generated", "samples")}
 
 
-def load_rl_run(base: str | Path, train_cfg: Any, *, kl_coef: float, ppo_epochs: int, max_new_tokens: int,
-                n_prompts: int, n_heldout: int, tasks: Sequence[str] | None) -> RLRun:
-    from mmlab.data.synthetic import TASKS
+def load_policy(base: str | Path, train_cfg: Any, *, kl_coef: float, ppo_epochs: int) -> tuple:
+    """The RL stages' common start: ``(checkpoint, tokenizer, device, policy, reference)``; the policy and
+    the frozen reference (None when ``kl_coef`` is 0) both load from ``base``, a chat checkpoint."""
     from mmlab.errors import MMLabError
     from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model, resolve_checkpoint
     from mmlab.train.sft import check_chat_tokenizer
     from mmlab.train.stages import stage_device
 
-    unknown = sorted(set(tasks or ()) - set(TASKS))
-    if unknown or (tasks is not None and not tasks):
-        raise ConfigError(f"tasks {unknown or tasks!r}: choose from {', '.join(TASKS)}")
     if ppo_epochs > 1 and train_cfg.grad_accum > 1:
         raise MMLabError("--ppo-epochs > 1 reuses a rollout batch over optimizer steps; with --grad-accum > 1 "
                          "the same rollout would fill several micro-batches of one step (use one of the two)")
@@ -317,6 +338,17 @@ def load_rl_run(base: str | Path, train_cfg: Any, *, kl_coef: float, ppo_epochs:
     device = stage_device(train_cfg)
     model = load_model(base_ckpt, device=device)
     reference = load_model(base_ckpt, device=device) if kl_coef > 0 else None
+    return base_ckpt, tok, device, model, reference
+
+
+def load_rl_run(base: str | Path, train_cfg: Any, *, kl_coef: float, ppo_epochs: int, max_new_tokens: int,
+                n_prompts: int, n_heldout: int, tasks: Sequence[str] | None) -> RLRun:
+    from mmlab.data.synthetic import TASKS
+
+    unknown = sorted(set(tasks or ()) - set(TASKS))
+    if unknown or (tasks is not None and not tasks):
+        raise ConfigError(f"tasks {unknown or tasks!r}: choose from {', '.join(TASKS)}")
+    base_ckpt, tok, device, model, reference = load_policy(base, train_cfg, kl_coef=kl_coef, ppo_epochs=ppo_epochs)
     prompts = task_prompts(n_prompts, seed=train_cfg.seed, tasks=tasks)
     # held out: other seeds' items, minus any prompt that also appears in training
     seen = {p.messages[0]["content"] for p in prompts}
@@ -391,9 +423,9 @@ def grpo(base: str | Path | None, train_cfg: Any, *, group_size: int = 8, kl_coe
     trainer = Trainer(run.model, GRPOLoss(run.reference, kl_coef, clip_eps, temperature), source, train_cfg,
                       tokenizer=run.tok, resume=resume, extra_state=extra_state, **trainer_kwargs)
     record = fit_and_record(trainer, source, run, before, resume)
-    write_report(out, EVAL_FILE, record, default=_nan_safe)
+    write_report(out, EVAL_FILE, record, default=nan_safe)
     return record
 
 
-def _nan_safe(value: Any) -> Any:
+def nan_safe(value: Any) -> Any:
     return str(value) if isinstance(value, float) and not math.isfinite(value) else value

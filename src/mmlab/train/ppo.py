@@ -274,7 +274,7 @@ def ppo(base: str | Path | None, train_cfg: Any, *, group_size: int = 8, kl_coef
     initialised from the same checkpoint; held-out exact match before and after, the reward curve, wall time
     and memory go to ``ppo_eval.json``."""
     from mmlab.train.checkpoint import load_model
-    from mmlab.train.grpo import _nan_safe
+    from mmlab.train.grpo import nan_safe
     from mmlab.train.pretrain import clear_run
     from mmlab.train.stages import refuse_existing_run, saved_stage, write_report
 
@@ -315,5 +315,5 @@ def ppo(base: str | Path | None, train_cfg: Any, *, group_size: int = 8, kl_coef
     record["memory"] = {**peak_memory(run.device),
                         "model_state_mib": model_state_bytes([run.model, critic], frozen) / 2**20,
                         "critic_params": sum(p.numel() for p in critic.parameters())}
-    write_report(out, EVAL_FILE, record, default=_nan_safe)
+    write_report(out, EVAL_FILE, record, default=nan_safe)
     return record
