@@ -13,18 +13,22 @@ from mmlab.lab.posttrain import lesson_sft, stage_config
 from mmlab.tokenizer.chat import IM_END, encode_chat
 from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model
 from mmlab.train.grpo import grpo, task_prompts
+from mmlab.train.ppo import ppo
 
 LR = 3e-5  # exp3_learning_rate: at 3e-4 (the speedrun's rate before this lesson) this model's held-out accuracy falls
 COMPLETIONS = 32  # sampled completions per optimizer step (prompts x group size)
 MAX_NEW = 12
 
 
-def run(exp: Any, out: Path, steps: int, group_size: int, kl_coef: float, lr: float = LR) -> dict[str, Any]:
-    """GRPO of the shared SFT model into ``out`` with ``COMPLETIONS // group_size`` prompts per step."""
+def run(exp: Any, out: Path, steps: int, group_size: int, kl_coef: float, lr: float = LR, method: str = "grpo",
+        **stage_kwargs: Any) -> dict[str, Any]:
+    """GRPO (or ``method="ppo"``: PPO with a critic) of the shared SFT model into ``out`` with
+    ``COMPLETIONS // group_size`` prompts per step; ``stage_kwargs`` go to the stage (e.g. ``ppo_epochs``)."""
     prompts = max(1, COMPLETIONS // group_size) if exp.mode != "smoke" else 1
     cfg = stage_config(exp, out, steps, lr, batch_size=prompts, eval_interval=steps)
-    r = grpo(lesson_sft(exp), cfg, group_size=group_size, kl_coef=kl_coef, max_new_tokens=MAX_NEW,
-             n_heldout=exp.pick(300, 60, 6))
+    stage = {"grpo": grpo, "ppo": ppo}[method]
+    r = stage(lesson_sft(exp), cfg, group_size=group_size, kl_coef=kl_coef, max_new_tokens=MAX_NEW,
+              n_heldout=exp.pick(300, 60, 6), **stage_kwargs)
     return r | {"kl_to_start": kl_to_start(exp, out)}
 
 
