@@ -123,6 +123,7 @@ def _train_config(args: argparse.Namespace):
              if getattr(args, k, None) is not None}
     if args.resume:
         return TrainConfig.for_resume(args.out, **given)
+    given.setdefault("dtype", "auto")  # the command line picks this machine's dtype (the library's default: fp32)
     return TrainConfig(out_dir=args.out, **given)
 
 
@@ -146,7 +147,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="adamw (default), sgd with momentum, or muon (hidden matrices; AdamW for the rest)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--grad-clip", type=float)
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto (default): bf16 where this machine runs it fast for the model's width, else fp32 "
+                        "(`mmlab info` shows the choice and why)")
     p.add_argument("--device", help="auto | cpu | cuda | mps")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--eval-interval", type=_positive_int)

@@ -127,6 +127,10 @@ class ModelConfig:
     bias: bool = False  # biases in the linear layers (Llama and MiniMind have none)
     init_std: float = 0.02
     scaled_residual_init: bool = True  # output projections get std / sqrt(2 * n_layers) (GPT-2)
+    # RMSNorm, RoPE and SiLU*up as single autograd nodes with hand-written backward passes (model/fused.py);
+    # the same numbers as the plain tensor code (tested), fewer and larger kernels. An implementation
+    # choice, not a different model: configs that differ only here compare equal
+    fused_ops: bool = field(default=True, compare=False)
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:

@@ -49,6 +49,33 @@ def bf16_supported(device: torch.device) -> bool:
     return device.type == "mps"
 
 
+# bf16 autocast on a CPU pays where the matmuls dominate: with AVX512-BF16 or AMX its GEMMs run ~4x faster
+# than fp32's, but each step also casts weights and activations. benchmarks/cpu_step.py's sweep over the
+# hidden size (4 layers, block 64, batch 12) measures where it starts to win; below, fp32 stays.
+CPU_BF16_MIN_HIDDEN = 128
+
+
+def training_dtype(device: torch.device, model_cfg: Any = None) -> tuple[str, str]:
+    """The training dtype ``TrainConfig(dtype="auto")`` resolves to on ``device`` for a model config, and why:
+    bf16 on a GPU that runs it natively; on a CPU, bf16 autocast where it has AVX512-BF16 or AMX and the
+    model is at least ``CPU_BF16_MIN_HIDDEN`` wide; fp32 otherwise (and on MPS)."""
+    if device.type == "cuda":
+        if bf16_supported(device):
+            return "bf16", f"{torch.cuda.get_device_name(device)} runs bf16 natively"
+        return "fp32", "this GPU has no native bf16 (fp16 needs loss scaling: ask for it with dtype=fp16)"
+    if device.type != "cpu":
+        return "fp32", f"{device.type}: fp32 (bf16 autocast is not measured here)"
+    _, flags = cpu_model()
+    fast = [f.upper().replace("_", "-") for f in flags if f in ("avx512_bf16", "amx_bf16")]
+    if not fast:
+        return "fp32", "this CPU has neither AVX512-BF16 nor AMX: bf16 would be emulated, slower than fp32"
+    hidden = getattr(model_cfg, "hidden_size", None)
+    if hidden is not None and hidden < CPU_BF16_MIN_HIDDEN:
+        return "fp32", (f"hidden size {hidden} < {CPU_BF16_MIN_HIDDEN}: at this width casting costs more than "
+                        f"{' / '.join(fast)} saves (benchmarks/cpu_step.py)")
+    return "bf16", f"this CPU has {' / '.join(fast)}: bf16 matmuls run several times faster than fp32's"
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -102,9 +129,27 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16_cpu": bf16_supported(torch.device("cpu")),
+        "train_dtype_auto": "{} ({})".format(*training_dtype(device)),
         "cuda_available": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
         info["bf16_cuda"] = bf16_supported(torch.device("cuda"))
     return info
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 20) -> float:
+    """Median GFLOP/s of an n x n x n matmul on the CPU in this process (torch's GEMM at the current threads):
+    the peak that the CPU benchmarks' MFU figures divide by."""
+    import statistics
+    import time
+
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmlab.config import ModelConfig
+from mmlab.model.fused import rope_qk
 from mmlab.model.kv_cache import KVCache
 from mmlab.model.norm import RMSNorm
 from mmlab.model.rope import apply_rope
@@ -117,8 +118,9 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         # QK-norm (Qwen3, OLMo 2, Gemma 3): each head's query and key get unit RMS (times a learned gain per
         # dimension, shared by the heads), so the logits q.k / sqrt(d) cannot grow with the weights' scale
-        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.fused_ops) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, cfg.fused_ops) if cfg.qk_norm else None
+        self.fused = cfg.fused_ops
         self.window = cfg.layer_window(layer_idx)
         # gpt-oss initialises its sinks at 0; a learned logit per head, in units of a raw score q.k / sqrt(d)
         self.sinks = nn.Parameter(torch.zeros(cfg.n_heads)) if cfg.attn_sinks else None
@@ -140,7 +142,9 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, D), (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if rope is not None:
+        if rope is not None and self.fused:  # q and k in one autograd node (mmlab.model.fused)
+            q, k = rope_qk(q, k, *rope)
+        elif rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
@@ -157,8 +161,19 @@ class Attention(nn.Module):
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
+# On the CPU, SDPA's bf16 backward pass is slower than its fp32 one for short sequences (2.7x at 64 tokens,
+# 1.3x at 128) and faster for long ones (0.8x at 512): benchmarks/cpu_kernels.py measures it. Below this
+# many keys, training in bf16 autocast computes attention in fp32 (the inputs widened, the output rounded back).
+CPU_BF16_SDPA_MIN_KEYS = 256
+
+
 def _sdpa(q, k, v, bias, causal, dropout_p, n_rep):
     Tq, Tk = q.shape[2], k.shape[2]
+    if (q.device.type == "cpu" and q.dtype == torch.bfloat16 and Tk < CPU_BF16_SDPA_MIN_KEYS
+            and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        with torch.autocast("cpu", enabled=False):
+            bias = bias.float() if bias is not None else None
+            return _sdpa(q.float(), k.float(), v.float(), bias, causal, dropout_p, n_rep).to(q.dtype)
     gqa = {}
     if n_rep > 1:
         if _SDPA_GQA:

@@ -35,16 +35,16 @@ class Block(nn.Module):
         # one sub-layer, and an attention-only or FFN-only model has no unused parameters.
         sandwich = cfg.norm_position == "sandwich"
         if cfg.use_attn:
-            self.attn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
+            self.attn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps, cfg.fused_ops)
             self.attn = LatentAttention(cfg, layer_idx) if cfg.attention == "mla" else Attention(cfg, layer_idx)
             if sandwich:
-                self.attn_out_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
+                self.attn_out_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps, cfg.fused_ops)
         if cfg.use_ffn:
             if not cfg.parallel_block:  # the parallel block reads attn_norm(x) for both sub-layers
-                self.ffn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
+                self.ffn_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps, cfg.fused_ops)
             self.ffn = MoE(cfg) if cfg.n_experts else make_ffn(cfg)
             if sandwich:
-                self.ffn_out_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps)
+                self.ffn_out_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps, cfg.fused_ops)
 
     def forward(
         self,

@@ -15,19 +15,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmlab.config import ModelConfig
+from mmlab.model.fused import silu_mul
 
 
 class SwiGLU(nn.Module):
     """x (B, T, C) -> (B, T, C) through a gated hidden layer of size ``hidden``."""
 
-    def __init__(self, dim: int, hidden: int, bias: bool = False, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden: int, bias: bool = False, dropout: float = 0.0, fused: bool = False):
         super().__init__()
+        self.fused = fused
         self.gate_proj = nn.Linear(dim, hidden, bias=bias)
         self.up_proj = nn.Linear(dim, hidden, bias=bias)
         self.down_proj = nn.Linear(hidden, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:  # SiLU(gate) * up as one autograd node (mmlab.model.fused)
+            return self.dropout(self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x))))
         return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
 
 
@@ -59,5 +63,5 @@ class MLP(nn.Module):
 
 def make_ffn(cfg: ModelConfig) -> nn.Module:
     if cfg.ffn_act == "swiglu":
-        return SwiGLU(cfg.hidden_size, cfg.resolved_ffn_size, cfg.bias, cfg.dropout)
+        return SwiGLU(cfg.hidden_size, cfg.resolved_ffn_size, cfg.bias, cfg.dropout, cfg.fused_ops)
     return MLP(cfg.hidden_size, cfg.resolved_ffn_size, cfg.ffn_act, cfg.bias, cfg.dropout)

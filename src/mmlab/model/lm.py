@@ -58,7 +58,8 @@ class MiniMindLM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         # Pre-LN leaves the residual stream un-normalised, so it needs one last norm; Post-LN's last
         # block already ends in a norm.
-        self.norm = make_norm(cfg.norm if cfg.norm_position != "post" else "none", cfg.hidden_size, cfg.norm_eps)
+        self.norm = make_norm(cfg.norm if cfg.norm_position != "post" else "none", cfg.hidden_size, cfg.norm_eps,
+                              cfg.fused_ops)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:  # one matrix reads tokens in and writes them out (saves V*C parameters)
             self.lm_head.weight = self.tok_emb.weight

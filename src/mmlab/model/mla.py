@@ -44,7 +44,7 @@ class LatentAttention(nn.Module):
         H, D, R = cfg.n_heads, cfg.head_dim, cfg.mla_rope_dim
         self.q_proj = nn.Linear(cfg.hidden_size, H * (D + R), bias=cfg.bias)
         self.kv_down = nn.Linear(cfg.hidden_size, self.rank + R, bias=cfg.bias)  # latent and rope key at once
-        self.kv_norm = RMSNorm(self.rank, cfg.norm_eps)
+        self.kv_norm = RMSNorm(self.rank, cfg.norm_eps, cfg.fused_ops)
         self.kv_up = nn.Linear(self.rank, H * 2 * D, bias=False)  # per head: key content, value
         self.o_proj = nn.Linear(H * D, cfg.hidden_size, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)

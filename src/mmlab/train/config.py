@@ -12,7 +12,7 @@ from typing import Any
 from mmlab.errors import ConfigError
 
 SCHEDULES = ("cosine", "constant", "wsd")
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = ("fp32", "bf16", "fp16", "auto")
 OPTIMIZERS = ("adamw", "sgd", "muon")
 
 
@@ -35,7 +35,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 disables clipping
-    dtype: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + loss scaling)
+    # fp32 | bf16 (autocast) | fp16 (autocast + loss scaling) | auto (mmlab.device.training_dtype: bf16 where
+    # this device runs it fast for this model's width, else fp32; the CLI's default)
+    dtype: str = "fp32"
     device: str = "auto"
     compile: bool = False
     eval_interval: int = 250

@@ -11,6 +11,7 @@ even when micro-batches hold different numbers of target tokens (SFT with masks)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -123,6 +124,12 @@ class Trainer:
         self.cfg, self.objective, self.data, self.tokenizer = cfg, objective, data, tokenizer
         self.dist = dist.setup()
         self.device = resolve_device(cfg.device) if not self.dist.enabled else self.dist.device(cfg.device)
+        self.dtype_reason = None
+        if cfg.dtype == "auto":  # this machine's fastest correct setting for this model (mmlab.device)
+            from mmlab.device import training_dtype
+
+            dtype, self.dtype_reason = training_dtype(self.device, getattr(model, "cfg", None))
+            cfg = self.cfg = dataclasses.replace(cfg, dtype=dtype)
         self.out = Path(cfg.out_dir)
         self.ckpt_path = self.out / "ckpt"
         self.metrics_path = self.out / "metrics.jsonl"
@@ -339,6 +346,8 @@ class Trainer:
         self.model.train()
         start_step = self.step
         bar = _Progress(cfg.max_iters, start_step, enabled=cfg.progress and self.dist.is_main)
+        if self.dtype_reason:
+            bar.message(f"dtype auto -> {cfg.dtype}: {self.dtype_reason}")
         t0 = time.perf_counter()
         window_t, window_tokens = time.perf_counter(), 0
         overhead = 0.0  # seconds spent evaluating and checkpointing: not training time
