@@ -45,16 +45,9 @@ def matmul_peak(dtype_name: str, n: int = 1024, repeats: int = 20) -> float:
     """Median GFLOP/s of an n x n x n matmul (torch's CPU GEMM) in this process."""
     import torch
 
-    dtype = torch.float32 if dtype_name == "fp32" else torch.bfloat16
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    from mmlab.device import matmul_peak as peak
+
+    return peak(torch.float32 if dtype_name == "fp32" else torch.bfloat16, n, repeats)
 
 
 def one_run(name: str, iters: int, lr: float | None, eval_interval: int) -> dict:

@@ -136,3 +136,39 @@ def test_ppo_vs_grpo_benchmark_quick():
     assert set(runs) == {"grpo", "ppo"} and report["equal_rollouts"]
     assert runs["grpo"]["completions_sampled"] == runs["ppo"]["completions_sampled"] > 0
     assert runs["ppo"]["model_state_mib"] > runs["grpo"]["model_state_mib"]  # the critic and its optimizer state
+
+
+def test_cpu_step_benchmark_quick_and_readme_figures():
+    """The step benchmark runs (the baby model, 4 variants interleaved), and the README's figures are the
+    committed full run's."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_step.py"), "--quick", "--threads", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    [baby] = report["models"]
+    assert set(baby["variants"]) == {f"{k} {d}" for k in ("plain", "fused") for d in ("fp32", "bf16")}
+    assert all(v["ms_per_step"] > 0 and v["mfu"] > 0 for v in baby["variants"].values())
+    assert report["auto_dtype"]["baby"]["dtype"] in ("fp32", "bf16") and report["lscpu"] is not None
+    committed = json.loads((ROOT / "benchmarks" / "results" / "cpu_step.json").read_text())
+    assert not committed["quick"] and [m["model"] for m in committed["models"]] == ["baby", "lesson-256",
+                                                                                 "minimind-26m"]
+    v = {m["model"]: m["variants"] for m in committed["models"]}
+    cross = {r["hidden_size"]: r["bf16_speedup"] for r in committed["bf16_crossover"]}
+    readme = (ROOT / "README.md").read_text()
+    for said in (f"{v['baby']['plain fp32']['ms_per_step']:.1f} ms in plain fp32 -> "
+                 f"{v['baby']['fused bf16']['ms_per_step']:.1f} ms with `--dtype auto` "
+                 f"({v['baby']['fused bf16']['speedup_vs_plain_fp32']:.2f}x)",
+                 f"minimind-26m {v['minimind-26m']['plain fp32']['ms_per_step']:.0f} -> "
+                 f"{v['minimind-26m']['fused bf16']['ms_per_step']:.0f} ms "
+                 f"({v['minimind-26m']['fused bf16']['speedup_vs_plain_fp32']:.2f}x)",
+                 f"{v['minimind-26m']['fused fp32']['speedup_vs_plain_fp32']:.2f}x in fp32 at 26m",
+                 f"{cross[64]:.2f}x at 64, {cross[512]:.2f}x at 512"):
+        assert said in readme, said
+    # the thresholds in the code are where the committed run says bf16 starts to pay
+    from mmlab.device import CPU_BF16_MIN_HIDDEN
+    from mmlab.model.attention import CPU_BF16_SDPA_MIN_KEYS
+
+    assert cross[CPU_BF16_MIN_HIDDEN] > 1.2 and all(s < 1.0 for h, s in cross.items() if h < 64)
+    sdpa = {r["length"]: r["bf16_over_fp32_fwd_bwd"] for r in committed["sdpa"]}
+    assert all(sdpa[n] > 1.0 for n in sdpa if n < CPU_BF16_SDPA_MIN_KEYS // 2)  # bf16 slower well below it
+    assert all(sdpa[n] < 1.0 for n in sdpa if n > CPU_BF16_SDPA_MIN_KEYS)  # and faster above it
