@@ -27,19 +27,51 @@ def test_there_are_experiments():
     assert len(SCRIPTS) >= 5
 
 
+class SmokeRuns:
+    """Every experiment's ``--smoke`` run, as its own process (one torch thread each), started in order on a
+    pool of one worker per CPU core: the test of a script waits for its own run, so the runs overlap with
+    each other instead of running one after another, and each test still checks its own script."""
+
+    def __init__(self, root: Path, mirror: Path):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.root, self.mirror = root, mirror
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+        self.runs = {s.id: self.pool.submit(self.run, s) for s in SCRIPTS}
+
+    def run(self, script):
+        out = self.root / re.sub(r"[^\w.-]", "_", script.id)
+        out.mkdir(parents=True)
+        env = {**os.environ, "MMLAB_DATA_MIRROR": str(self.mirror), "MMLAB_DATA_DIR": str(out / "cache"),
+               "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, str(script.path), "--smoke", "--out", str(out)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        return proc, out
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(tmp_path_factory):
+    configured = os.environ.get("MMLAB_DATA_MIRROR")
+    mirror = Path(configured) if configured else ROOT.parent / "shared" / "data"
+    if not (mirror / "tinyshakespeare_input.txt").is_file():
+        if configured:
+            pytest.fail(f"tinyshakespeare_input.txt not found in MMLAB_DATA_MIRROR={configured}")
+        pytest.skip(f"tinyshakespeare_input.txt not in the data mirror {mirror}")
+    runs = SmokeRuns(tmp_path_factory.mktemp("smoke"), mirror)
+    yield runs
+    runs.pool.shutdown(cancel_futures=True)
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.id)
-def test_experiment_runs_in_smoke_mode(script, tmp_path, mirror_file):
-    env = {**os.environ, "MMLAB_DATA_MIRROR": str(mirror_file("tinyshakespeare_input.txt").parent),
-           "MMLAB_DATA_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(script.path), "--smoke", "--out", str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+def test_experiment_runs_in_smoke_mode(script, smoke_runs):
+    proc, out = smoke_runs.runs[script.id].result()
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / f"{script.path.stem}.json").read_text())
+    result = json.loads((out / f"{script.path.stem}.json").read_text())
     assert result["mode"] == "smoke" and result["question"] and result["findings"]
     assert all(isinstance(f["holds"], bool) for f in result["findings"])
     assert {"torch", "torch_threads", "cpu_model", "cpu_flags"} <= set(result["environment"])  # speed needs its CPU
     for name in result["figures"]:
-        assert (tmp_path / name).stat().st_size > 5_000
+        assert (out / name).stat().st_size > 5_000
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.id)
@@ -56,9 +88,19 @@ def test_full_results_are_committed(script):
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.id)
-def test_script_has_help(script):
-    proc = subprocess.run([sys.executable, str(script.path), "--help"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and "--quick" in proc.stdout and "--smoke" in proc.stdout and "--seed" in proc.stdout
+def test_script_has_help(script, capsys, monkeypatch):
+    """``--help`` of each script, run in this process as ``python script --help`` would (its folder first on
+    sys.path, its own ``_common``); the smoke runs above start every script as a process of its own."""
+    import runpy
+
+    monkeypatch.syspath_prepend(str(script.path.parent))
+    monkeypatch.setattr(sys, "argv", [str(script.path), "--help"])
+    monkeypatch.delitem(sys.modules, "_common", raising=False)  # each lesson has its own
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(script.path), run_name="__main__")
+    sys.modules.pop("_common", None)
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--quick" in out and "--smoke" in out and "--seed" in out
 
 
 def _markdown_with_blocks():

@@ -14,6 +14,7 @@ experiment's output folder instead (seconds, never cached).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -68,17 +69,38 @@ def _folder(exp: Any, kind: str, settings: dict[str, Any]) -> Path:
     return root / f"{kind}-{key}"
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` (a lock file) while the block runs: two experiments that need the same
+    checkpoint at once build it once; the second waits and then finds it done. No lock where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _build(exp: Any, kind: str, settings: dict[str, Any], train) -> Path:
     folder = _folder(exp, kind, settings)
     if (folder / DONE).is_file():
         return folder
-    exp.log(f"building the shared {kind} checkpoint (once; cached in {folder})")
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    train(tmp)
-    (tmp / DONE).write_text(json.dumps(settings, indent=2) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with _locked(folder.with_name(folder.name + ".lock")):
+        if (folder / DONE).is_file():  # built by another process while this one waited
+            return folder
+        exp.log(f"building the shared {kind} checkpoint (once; cached in {folder})")
+        tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        train(tmp)
+        (tmp / DONE).write_text(json.dumps(settings, indent=2) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
     return folder
 
 
