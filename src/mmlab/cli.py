@@ -640,17 +640,34 @@ def _cmd_lab_render(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mmlab.lab.registry import modules_root
-    from mmlab.lab.render import render_all
+    from mmlab.lab.render import render_all, render_files
 
     root = modules_root()
-    extra = [root.parent / "README.md"]
-    changed = render_all(root, extra, write=not args.check)
+    extra = [p for p in (root.parent / n for n in ("README.md", "README.zh.md", "ROADMAP.zh.md")) if p.is_file()]
+    if args.files:  # only these files (a translator renders their own pages)
+        changed = render_files([Path(f).resolve() for f in args.files], root, write=not args.check)
+    else:
+        changed = render_all(root, extra, write=not args.check)
     for path in changed:
         print(f"{'out of date' if args.check else 'rendered'}: {Path(path)}")
     if args.check and changed:
         print("run `mmlab lab render` to regenerate the result blocks from the committed JSON", file=sys.stderr)
         return 1
     return 0
+
+
+def _cmd_lab_i18n(args: argparse.Namespace) -> int:
+    from mmlab.lab.i18n import check_translations
+    from mmlab.lab.registry import modules_root
+
+    state = check_translations(modules_root().parent, args.lang)
+    for problem in state["problems"]:
+        print(problem)
+    total = len(state["missing"])
+    if args.list_missing:
+        print("\n".join(f"missing: {m}" for m in state["missing"]))
+    print(f"{args.lang}: {len(state['problems'])} problem(s); {total} file(s) not translated yet", file=sys.stderr)
+    return 1 if state["problems"] or (args.require_all and total) else 0
 
 
 def _cmd_lab_lint_quizzes(args: argparse.Namespace) -> int:
@@ -1111,7 +1128,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = lab_sub.add_parser("render", help="regenerate every <!-- mmlab:result --> block from committed JSON",
                            description="Regenerate every result block in modules/**/*.md and README.md.")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is out of date")
+    p.add_argument("files", nargs="*", help="render only these Markdown files (default: every one)")
     p.set_defaults(func=_cmd_lab_render)
+    p = lab_sub.add_parser("i18n", help="check the Chinese edition against the English pages",
+                           description="Check every translated page (README.zh.md, ROADMAP.zh.md, each lesson's "
+                                       "*.zh.md): the same headings, figures, result blocks and code blocks as its "
+                                       "English file, the same correct option per quiz question, result blocks "
+                                       "up to date with every string in the lesson's i18n/<lang>.json. Exit 1 on a "
+                                       "problem (with --require-all, also on a missing translation).")
+    p.add_argument("--lang", default="zh", choices=["zh"])
+    p.add_argument("--list-missing", action="store_true", help="name every file not translated yet")
+    p.add_argument("--require-all", action="store_true", help="a missing translation is a problem too")
+    p.set_defaults(func=_cmd_lab_i18n)
     p = lab_sub.add_parser("lint-quizzes", help="check that every quiz can only be passed by knowing the lesson",
                            description="Lint modules/*/*/quiz.md: four options, a Why-not note per wrong option, "
                                        "the right option rarely the longest and spread over A-D, questions on the "

@@ -36,9 +36,12 @@ from mmlab.errors import MMLabError
 HEADING = re.compile(r"^#{1,6} ")
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
 OPTION = re.compile(r"^- \[([ xX])\] (.*)$")
-LABEL = re.compile(r"^(?:> ?)?\*\*(Explanation|Reference answer|Model answer):\*\*")
-REFERENCE = re.compile(r"^(?:> ?)?\*\*(?:Reference|Model) answer:\*\*\s*")
-WHY_NOT = re.compile(r"^\s+Why not:\s*")
+# the Chinese edition's quiz.zh.md writes the same labels in Chinese: **解析：**, **参考答案：**, 为什么不对：
+LABEL = re.compile(r"^(?:> ?)?\*\*(Explanation|Reference answer|Model answer|解析|参考答案)[:：]\*\*")
+REFERENCE = re.compile(r"^(?:> ?)?\*\*(?:(?:Reference|Model) answer|参考答案)[:：]\*\*\s*")
+WHY_NOT = re.compile(r"^\s+(?:Why not:|为什么不对[:：])\s*")
+EXPLANATION = re.compile(r"^\*\*(?:Explanation|解析)[:：]\*\*")
+LABEL_KIND = {"解析": "Explanation", "参考答案": "Model answer"}
 LETTER = re.compile(r"^([A-Z])\.\s+")  # the letter an option is written with in the file
 # what a writer may have meant as an option or a label: checked against the exact forms above
 LOOSE_OPTION = re.compile(r"^\s*(?:[-*+]\s*)?\[[ xX]\]")
@@ -122,7 +125,7 @@ def _question(start: int, lines: list[str], source: str) -> Choice | OpenQuestio
         if LOOSE_LABEL.match(line) and not LABEL.match(line):
             raise error(i, f"has {line.strip()!r}: write the label exactly `**Explanation:**` or "
                            "`**Model answer:**` (optionally after `> `)")
-    labels = {i: LABEL.match(line)[1] for i, line in text if LABEL.match(line)}
+    labels = {i: LABEL_KIND.get(LABEL.match(line)[1], LABEL.match(line)[1]) for i, line in text if LABEL.match(line)}
     first = next((i for i, line in text if OPTION.match(line)), None)
     if first is not None:
         options, notes, marks, i = [], [], [], first
@@ -149,7 +152,7 @@ def _question(start: int, lines: list[str], source: str) -> Choice | OpenQuestio
             raise error(wrong, "has a label out of place: a multiple-choice question takes an "
                                "`**Explanation:**` after its options")
         explanation = _unquote(rest[i:])
-        if not explanation.startswith("**Explanation:**"):
+        if not EXPLANATION.match(explanation):
             raise error(None, "needs an explanation right after its options, starting `**Explanation:**`")
         digest = hashlib.sha1("\n".join([title, *rest[first:i]]).encode()).hexdigest()[:10]
         return Choice(heading, start, "\n".join(rest[:first]).strip(), options, marks.index(True), explanation,

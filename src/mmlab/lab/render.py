@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mmlab.errors import MMLabError
+from mmlab.lab.i18n import Catalog, cell, lang_of
 
 BLOCK = re.compile(
     r"(?P<open><!-- mmlab:result (?P<ref>[\w./-]+)(?: table=(?P<table>[\w-]+))?(?: text=(?P<text>[\w-]+))? -->\n)"
@@ -63,7 +64,7 @@ def load_result(ref: str, markdown: Path, modules: Path | None) -> tuple[dict[st
     raise MMLabError(f"{markdown}: result block {ref!r} has no results JSON (looked in {candidates[0]})")
 
 
-def render_samples(result: dict[str, Any], key: str, source: Path) -> str:
+def render_samples(result: dict[str, Any], key: str, source: Path, catalog: Catalog | None = None) -> str:
     samples = result.get("metrics", {}).get(key)
     if not isinstance(samples, list) or not all(isinstance(s, dict) and "text" in s for s in samples):
         raise MMLabError(f"{source}: metric {key!r} is not a list of samples with a 'text'")
@@ -76,38 +77,63 @@ def render_samples(result: dict[str, Any], key: str, source: Path) -> str:
         text = s["text"].rstrip().replace("<!--", "<!\u200b--")
         fence = "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", text)), default=0))
         about = ", ".join(f"{k} {s[k]}" for k in ("seed", "temperature") if k in s)
-        head = f"**{s['title']}**" if "title" in s else f"Prompt `{s.get('prompt', '')!r}`"
+        prompt = catalog.phrase("prompt") if catalog is not None else "Prompt"
+        title = catalog(s["title"]) if catalog is not None and "title" in s else s.get("title")
+        head = f"**{title}**" if "title" in s else f"{prompt} `{s.get('prompt', '')!r}`"
         parts.append(f"{head}{' (' + about + ')' if about else ''}:\n\n{fence}text\n{text}\n{fence}\n")
     return "\n".join(parts)
 
 
-def render_block(result: dict[str, Any], table: str | None, source: Path, text: str | None = None) -> str:
-    mode = "" if result.get("mode") == "full" else f" ({result.get('mode')} mode)"
-    provenance = f"*Measured by `{result['experiment']}`{mode}; results: `results/{source.name}`.*\n"
+def render_block(result: dict[str, Any], table: str | None, source: Path, text: str | None = None,
+                 catalog: Catalog | None = None) -> str:
+    """One block's Markdown; with a ``catalog`` (a translated page), every piece of text in the catalog's
+    language and every number from the JSON (``mmlab.lab.i18n``)."""
+    tr = catalog if catalog is not None else (lambda t: t)
+    if catalog is None:
+        mode = "" if result.get("mode") == "full" else f" ({result.get('mode')} mode)"
+        provenance = f"*Measured by `{result['experiment']}`{mode}; results: `results/{source.name}`.*\n"
+    else:
+        mode = "" if result.get("mode") == "full" else catalog.phrase("mode").format(mode=result.get("mode"))
+        provenance = catalog.phrase("provenance").format(experiment=result["experiment"], mode=mode,
+                                                         file=source.name) + "\n"
     if text:
-        return render_samples(result, text, source) + "\n" + provenance
+        return render_samples(result, text, source, catalog) + "\n" + provenance
     if table:
         if table not in result.get("tables", {}):
             raise MMLabError(f"{source}: no table {table!r} (has: {', '.join(result.get('tables', {}))})")
         t = result["tables"][table]
-        lines = ["| " + " | ".join(t["headers"]) + " |", "|" + "---|" * len(t["headers"])]
-        lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in t["rows"]]
-        caption = f"\n{t['caption']}\n" if t.get("caption") else ""
+        lines = ["| " + " | ".join(tr(h) for h in t["headers"]) + " |", "|" + "---|" * len(t["headers"])]
+        lines += ["| " + " | ".join(cell(v, catalog, fmt) for v in row) + " |" for row in t["rows"]]
+        caption = f"\n{tr(t['caption'])}\n" if t.get("caption") else ""
         return "\n".join(lines) + "\n" + caption + "\n" + provenance
-    lines = ["| finding | measured | holds? |", "|---|---|---|"]
+    words = [catalog.phrase(w) if catalog is not None else w for w in ("finding", "measured", "holds?", "yes", "no")]
+    lines = [f"| {words[0]} | {words[1]} | {words[2]} |", "|---|---|---|"]
     for f in result["findings"]:
         evidence = ", ".join(f"{k} = {fmt(v)}" for k, v in f["evidence"].items())
-        claim = f["claim"].replace("|", "\\|")
-        lines.append(f"| {claim} | {evidence} | {'**yes**' if f['holds'] else '**no**'} |")
+        claim = tr(f["claim"]).replace("|", "\\|")
+        lines.append(f"| {claim} | {evidence} | {'**' + words[3] + '**' if f['holds'] else '**' + words[4] + '**'} |")
     return "\n".join(lines) + "\n\n" + provenance
 
 
-def render_text(text: str, markdown: Path, modules: Path | None) -> str:
+def render_text(text: str, markdown: Path, modules: Path | None, catalog: Catalog | None = None) -> str:
+    """``text`` with every block rendered from its JSON. A translated page (``*.zh.md``) takes its words from
+    its lesson's catalog; a string the catalog lacks is an error naming all of them (pass a ``catalog`` to
+    collect them in ``catalog.missing`` instead)."""
+    lang = lang_of(markdown)
+    own = catalog is None and lang != "en"
+    if own:
+        catalog = Catalog(markdown.parent, lang)
+
     def replace(m: re.Match) -> str:
         result, source = load_result(m["ref"], markdown, modules)
-        return m["open"] + render_block(result, m["table"], source, m["text"]) + m["close"]
+        return m["open"] + render_block(result, m["table"], source, m["text"], catalog) + m["close"]
 
-    return BLOCK.sub(replace, text)
+    out = BLOCK.sub(replace, text)
+    if own and catalog.missing:
+        keys = "\n".join(f"  {k!r}" for k in dict.fromkeys(catalog.missing))
+        raise MMLabError(f"{markdown}: {len(set(catalog.missing))} string(s) of its result blocks are not in "
+                         f"{catalog.path} (add them to \"strings\", numbers as {{0}}, {{1}}, ...):\n{keys}")
+    return out
 
 
 def markdown_files(modules: Path, extra: list[Path] | None = None) -> list[Path]:
@@ -117,8 +143,13 @@ def markdown_files(modules: Path, extra: list[Path] | None = None) -> list[Path]
 
 def render_all(modules: Path, extra: list[Path] | None = None, write: bool = True) -> list[Path]:
     """Re-render every block; return the files whose text changed (written when ``write``)."""
+    return render_files(markdown_files(modules, extra), modules, write)
+
+
+def render_files(paths: list[Path], modules: Path, write: bool = True) -> list[Path]:
+    """Re-render the blocks of ``paths``; return the files whose text changed (written when ``write``)."""
     changed = []
-    for path in markdown_files(modules, extra):
+    for path in paths:
         text = path.read_text(encoding="utf-8")
         new = render_text(text, path, modules)
         if new != text:
