@@ -79,6 +79,8 @@ def test_compare_finds_a_translation_that_is_not_the_same_page(tmp_path):
     zh.write_text("# 测验\n\n### Q1. 什么？\n- [x] A. 是\n- [ ] B. 否\n  为什么不对：否\n> **解析：** e\n\n"
                   "![图](results/a.png)\n")
     assert compare(en, zh) == []
+    zh.write_text(zh.read_text() + "\n[下一课](../02-next/README.zh.md)\n")  # a page that does not exist
+    assert [p for p in compare(en, zh) if "does not exist" in p]
 
 
 def test_every_translated_page_corresponds_to_its_english_page():

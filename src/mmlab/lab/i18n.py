@@ -120,6 +120,20 @@ OPEN_BLOCK = re.compile(r"<!-- mmlab:result [^>]*-->")
 FENCE_LINE = re.compile(r"^\s*(`{3,}|~{3,})")
 
 
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _prose(text: str) -> str:
+    """``text`` without its fenced code blocks (a link-like string in code is code)."""
+    out, in_code = [], False
+    for line in text.splitlines():
+        if FENCE_LINE.match(line):
+            in_code = not in_code
+        elif not in_code:
+            out.append(line)
+    return "\n".join(out)
+
+
 def _outline(text: str) -> dict[str, Any]:
     """What a translation must keep: heading levels in order, figures, result blocks, code blocks."""
     levels, fences, in_code = [], 0, False
@@ -137,6 +151,10 @@ def compare(english: Path, translated: Path) -> list[str]:
     en, tr = english.read_text(encoding="utf-8"), translated.read_text(encoding="utf-8")
     problems = [f"{translated}: {what} differ from {english.name}'s: {b!r} vs {a!r}"
                 for what, a in _outline(en).items() if (b := _outline(tr)[what]) != a]
+    for target in LINK.findall(_prose(tr)):
+        path = target.split("#", 1)[0]
+        if path and not re.match(r"^[a-z]+:", path) and not (translated.parent / path).exists():
+            problems.append(f"{translated}: links to {target!r}, which does not exist")
     if english.name == "quiz.md":
         from mmlab.docsite.quiz import parse_quiz
 
