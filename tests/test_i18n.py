@@ -71,6 +71,8 @@ def test_the_zh_quiz_labels_parse_like_the_english_ones():
 
 def test_compare_finds_a_translation_that_is_not_the_same_page(tmp_path):
     en, zh = tmp_path / "quiz.md", tmp_path / "quiz.zh.md"
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "a.png").write_bytes(b"png")
     en.write_text("# Quiz\n\n### Q1. What?\n- [x] A. yes\n- [ ] B. no\n  Why not: no\n> **Explanation:** e\n\n"
                   "![p](results/a.png)\n")
     zh.write_text("# 测验\n\n### Q1. 什么？\n- [ ] A. 是\n  为什么不对：否\n- [x] B. 否\n> **解析：** e\n")
