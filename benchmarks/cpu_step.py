@@ -14,6 +14,9 @@ matmul peak of this process in the same dtype (an n x n x n GEMM, measured first
     python benchmarks/cpu_step.py                # full: ~6 minutes on 2 cores
     python benchmarks/cpu_step.py --quick        # fewer rounds, small models only (for tests)
     python benchmarks/cpu_step.py --compile      # also torch.compile (eager vs compiled; first-step cost)
+
+The first compiled step's time is compilation plus a step: run with an empty ``TORCHINDUCTOR_CACHE_DIR`` for
+the cold cost and again for the warm one (results/cpu_step_quick_compile_{cold,warm}_cache.json).
 """
 
 from __future__ import annotations
