@@ -248,3 +248,27 @@ def train_on_text(tokenizer: Any, train_docs: list[str], val_docs: list[str], st
                  eval_batches=eval_batches)
     r["train_tokens"] = len(source.data.train)
     return r, split_loss(r["model"], source.data.val, tokenizer, block_size)
+
+
+def shakespeare_val_windows(n: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` non-overlapping windows (inputs, next-token targets), each (n, length), from the start of
+    TinyShakespeare's held-out split (its last 10%): the same characters for every variant of an experiment."""
+    from mmlab.data.pretrain import PretrainData
+
+    _, tokens = shakespeare_tokens()
+    val = torch.as_tensor(PretrainData.from_tokens(tokens, 0.1, length).val).long()
+    if len(val) < n * length + 1:
+        raise ValueError(f"the held-out split has {len(val):,} characters, too few for {n} windows of {length}")
+    return val[: n * length].view(n, length), val[1: n * length + 1].view(n, length)
+
+
+def loss_per_position(model: MiniMindLM, x: torch.Tensor, y: torch.Tensor, batch: int = 8) -> torch.Tensor:
+    """Mean next-token loss (nats) at each position over the windows: (T,). x, y: (N, T)."""
+    model.eval()
+    total = torch.zeros(x.shape[1])
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            logits = model(x[i:i + batch]).logits
+            losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), y[i:i + batch], reduction="none")
+            total += losses.sum(0)
+    return total / len(x)

@@ -11,35 +11,18 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.nn.modules.module import register_module_forward_hook
 
 from mmlab.data.pretrain import PretrainData
-from mmlab.lab.lm import shakespeare_tokens
+from mmlab.lab.lm import loss_per_position, shakespeare_tokens, shakespeare_val_windows  # noqa: F401 (used by the experiments)
 from mmlab.model.attention import Attention, repeat_kv, window_bias
 from mmlab.model.lm import MiniMindLM
 from mmlab.model.rope import apply_rope
 
 
 def val_windows(n: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` non-overlapping windows (inputs, next-token targets), each (n, length), from the start of
-    TinyShakespeare's held-out split (its last 10%): the same characters for every variant."""
-    _, tokens = shakespeare_tokens()
-    val = torch.as_tensor(PretrainData.from_tokens(tokens, 0.1, length).val).long()
-    if len(val) < n * length + 1:
-        raise ValueError(f"the held-out split has {len(val):,} characters, too few for {n} windows of {length}")
-    return val[: n * length].view(n, length), val[1: n * length + 1].view(n, length)
-
-
-@torch.no_grad()
-def loss_per_position(model: MiniMindLM, x: torch.Tensor, y: torch.Tensor, batch: int = 8) -> torch.Tensor:
-    """Mean next-token loss (nats) at each position over the windows: (T,). x, y: (N, T)."""
-    model.eval()
-    total = torch.zeros(x.shape[1])
-    for i in range(0, len(x), batch):
-        logits = model(x[i:i + batch]).logits
-        total += F.cross_entropy(logits.float().transpose(1, 2), y[i:i + batch], reduction="none").sum(0)
-    return total / len(x)
+    """``n`` held-out windows of ``length`` characters (``mmlab.lab.lm.shakespeare_val_windows``)."""
+    return shakespeare_val_windows(n, length)
 
 
 def span_means(curve: torch.Tensor | list[float], spans: dict[str, tuple[int, int]]) -> dict[str, float]:

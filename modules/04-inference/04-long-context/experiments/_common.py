@@ -21,8 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from mmlab.config import RopeScaling
-from mmlab.data.pretrain import PretrainData
-from mmlab.lab.lm import cached_train_lm, shakespeare_config, shakespeare_tokens
+from mmlab.lab.lm import (
+    cached_train_lm,
+    loss_per_position,
+    shakespeare_config,
+    shakespeare_val_windows,
+)
 from mmlab.model.lm import MiniMindLM
 from mmlab.model.rope import rope_tables
 
@@ -72,26 +76,8 @@ def with_inv_freq(model: MiniMindLM, inv_freq: torch.Tensor, attention_factor: f
 
 
 def val_windows(n: int, length: int = EVAL_LEN) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` non-overlapping windows (inputs, next-token targets), each (n, length), from the start of
-    TinyShakespeare's held-out split (its last 10%): the same characters for every variant."""
-    _, tokens = shakespeare_tokens()
-    val = torch.as_tensor(PretrainData.from_tokens(tokens, 0.1, length).val).long()
-    if len(val) < n * length + 1:
-        raise ValueError(f"the held-out split has {len(val):,} characters, too few for {n} windows of {length}")
-    x = val[: n * length].view(n, length)
-    y = val[1: n * length + 1].view(n, length)
-    return x, y
-
-
-@torch.no_grad()
-def loss_per_position(model: MiniMindLM, x: torch.Tensor, y: torch.Tensor, batch: int = 8) -> torch.Tensor:
-    """Mean next-token loss (nats) at each position over the windows: (T,). x, y: (N, T)."""
-    model.eval()
-    total = torch.zeros(x.shape[1])
-    for i in range(0, len(x), batch):
-        logits = model(x[i:i + batch]).logits
-        total += F.cross_entropy(logits.float().transpose(1, 2), y[i:i + batch], reduction="none").sum(0)
-    return total / len(x)
+    """``n`` held-out windows of ``length`` characters (``mmlab.lab.lm.shakespeare_val_windows``)."""
+    return shakespeare_val_windows(n, length)
 
 
 @torch.no_grad()
