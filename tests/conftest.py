@@ -1,5 +1,7 @@
+import contextlib
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,20 @@ def run_env(tmp_path, mirror_file):
     config = tmp_path / "model.json"
     get_preset("nano", dropout=0.1, vocab_size=64).to_json(config)  # dropout: the RNG state must resume too
     return env, config
+
+
+@contextlib.contextmanager
+def serving(ckpt, **config):
+    """``mmlab serve``'s server for checkpoint ``ckpt`` on an ephemeral port of 127.0.0.1, answering from a
+    background thread; ``config``: ServerConfig fields. Shut down and joined on exit."""
+    from mmlab.infer.server import ServerConfig, make_server
+
+    srv = make_server(ckpt, ServerConfig(host="127.0.0.1", port=0, **config), device="cpu")
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)

@@ -14,13 +14,14 @@ from http.client import HTTPConnection
 import pytest
 
 from browser import Chromium, Tab, require_chromium, wait_until
+from conftest import serving
 from mmlab.cli import main
 from mmlab.config import get_preset
 from mmlab.infer import server as server_module
 from mmlab.infer.chat import ChatSession, chat, fit_history
 from mmlab.infer.completion import StopStrings
 from mmlab.infer.generate import SamplingParams
-from mmlab.infer.server import BatchingEngine, ServerConfig, make_server
+from mmlab.infer.server import BatchingEngine
 from mmlab.tokenizer.chat import encode_chat
 from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model
 from mmlab.train.config import TrainConfig
@@ -40,18 +41,9 @@ def ckpt(tmp_path_factory):
     return out
 
 
-@contextlib.contextmanager
 def running(ckpt, **limits):
-    """A server on an ephemeral port, answering from a background thread."""
-    srv = make_server(ckpt, ServerConfig(host="127.0.0.1", port=0, **{**LIMITS, **limits}), device="cpu")
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
+    """A server on an ephemeral port with the tests' limits (``conftest.serving``)."""
+    return serving(ckpt, **{**LIMITS, **limits})
 
 
 @pytest.fixture(scope="module", params=[16, 1], ids=["batched", "one-at-a-time"])

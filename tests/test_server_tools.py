@@ -3,17 +3,15 @@ think and call the calculator answers OpenAI-shaped tool_calls and reasoning_con
 official openai client; the client runs the tool and sends the result back; a call the model writes as bad JSON
 is reported in the log and kept as content, never a 500; bad tool fields in the request are 400s naming them."""
 
-import contextlib
 import json
 import logging
-import threading
 
 import pytest
 import torch
 
+from conftest import serving
 from mmlab.config import get_preset
 from mmlab.data.synthetic import story_corpus
-from mmlab.infer.server import ServerConfig, make_server
 from mmlab.model import MiniMindLM
 from mmlab.model.lm import IGNORE_INDEX
 from mmlab.tokenizer import encode_chat, train_bpe
@@ -61,18 +59,8 @@ def ckpt(tmp_path_factory):
     return out
 
 
-@contextlib.contextmanager
 def running(ckpt, batch):
-    srv = make_server(ckpt, ServerConfig(host="127.0.0.1", port=0, batch=batch, max_tokens_limit=64,
-                                         default_max_tokens=64, timeout_s=20), device="cpu")
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
+    return serving(ckpt, batch=batch, max_tokens_limit=64, default_max_tokens=64, timeout_s=20)
 
 
 @pytest.fixture(scope="module", params=[16, 1], ids=["batched", "one-at-a-time"])
