@@ -132,3 +132,26 @@ def test_padded_batches_must_fit_the_block(tok):
     SFTBatches(examples, examples, pad_id=0, mode="pad", block_size=longest - 1)  # exactly fits
     with pytest.raises(DataError, match="val example"):  # packing cuts train rows, but val is padded whole
         SFTBatches(examples, examples, pad_id=0, mode="pack", block_size=longest - 2)
+
+
+@pytest.mark.parametrize("record, says", [
+    ({"tools": "calc"}, r":2: messages: tools must be a list"),
+    ({"tools": [{"type": "function"}]}, r":2: messages: tools\[0\]: expected"),
+    ({"calls": [{"type": "function", "function": {"name": "calculator", "arguments": "{bad"}}]},
+     r":2: messages\[1\]\.tool_calls\[0\]: arguments of 'calculator' are not valid JSON"),
+    ({"calls": "x"}, r":2: messages: message 1: tool_calls must be a list"),
+])
+def test_malformed_tools_in_an_sft_record_name_the_file_line_and_field(tmp_path, record, says):
+    from mmlab.data.sft import load_conversations
+    from mmlab.errors import MMLabError
+
+    good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    bad = {"messages": [{"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "" if "calls" in record else "x",
+                         **({"tool_calls": record["calls"]} if "calls" in record else {})}]}
+    if "tools" in record:
+        bad["tools"] = record["tools"]
+    path = tmp_path / "sft.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(MMLabError, match=rf"{path.name}{says}"):
+        load_conversations(str(path))
