@@ -85,3 +85,20 @@ def test_invalid_config_file_names_the_file_and_field(tmp_path):
     assert result.returncode == 1
     assert "bad.json: n_heads=8 is not divisible by n_kv_heads=3" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_serve_threads_sets_torch_threads_before_serving(monkeypatch):
+    import torch
+
+    pytest.importorskip("fastapi")
+    from mmlab.infer import server
+
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda ckpt, cfg, device: seen.update(threads=torch.get_num_threads(),
+                                                                                 batch=cfg.batch))
+    before = torch.get_num_threads()
+    try:
+        assert main(["serve", "--ckpt", "runs/x", "--threads", "1", "--batch", "4"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"threads": 1, "batch": 4}

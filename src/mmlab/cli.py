@@ -434,6 +434,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as e:  # the `serve` extra is missing
         raise MMLabError(f"mmlab serve needs FastAPI and uvicorn ({e}): pip install \"minimind-lab[serve]\"") from None
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     serve(args.ckpt, ServerConfig(host=args.host, port=args.port, max_tokens_limit=args.max_tokens_limit,
                                   default_max_tokens=args.default_max_tokens, max_prompt_tokens=args.max_prompt_tokens,
                                   queue=args.queue, batch=args.batch, model_name=args.model_name),
@@ -977,6 +981,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests decoded together (default: 16; 1: one at a time, sliding past the context)")
     p.add_argument("--model-name", default=None, help="the model id clients see (default: the run folder's name)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads for the model (default: torch's choice; on a small machine 1 leaves a core "
+                        "to the HTTP side: benchmarks/serve_load.py --threads measures it)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("chat", help="chat with a checkpoint in the terminal",
