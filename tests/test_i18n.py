@@ -47,6 +47,7 @@ def test_a_zh_block_takes_words_from_the_catalog_and_numbers_from_the_json(tmp_p
     assert "| 300 步内损失降到 2.5 以下 | loss = 2.31 | **是** |" in out
     assert "| 结论 | 测量值 | 是否成立 |" in out and "*由 `exp1` 测得；结果：`results/exp1.json`。*" in out
     assert "| 运行 | 损失 |" in out and "| 8 个头 | 2.2 |" in out and "300 步，单个随机种子。" in out
+    assert Catalog(folder, "zh")("3e-04") == "3e-04"  # a cell of numbers only needs no translation
     # the English page of the same lesson is untouched by the catalog
     assert "| Loss falls below 2.5 in 300 steps |" in render_text(text, folder / "teaching.md", None)
 

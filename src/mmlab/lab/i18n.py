@@ -40,6 +40,8 @@ PHRASES = {
         "provenance": "*由 `{experiment}`{mode} 测得；结果：`results/{file}`。*",
         "mode": "（{mode} 模式）",
         "prompt": "提示词",
+        "seed": "随机种子",
+        "temperature": "温度",
     },
 }
 
@@ -92,6 +94,8 @@ class Catalog:
     def __call__(self, text: str) -> str:
         """``text`` translated, with its own numbers; the English text (and a note in ``missing``) if absent."""
         key, numbers = template(text)
+        if not re.search(r"[A-Za-z]", PLACEHOLDER.sub("", key)):  # only numbers and signs: nothing to translate
+            return text
         if key not in self.strings:
             self.missing.append(key)
             return text

@@ -76,7 +76,8 @@ def render_samples(result: dict[str, Any], key: str, source: Path, catalog: Cata
         # result-block marker that would end (or open) a block when the docs are rendered again
         text = s["text"].rstrip().replace("<!--", "<!\u200b--")
         fence = "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", text)), default=0))
-        about = ", ".join(f"{k} {s[k]}" for k in ("seed", "temperature") if k in s)
+        about = ", ".join(f"{catalog.phrase(k) if catalog is not None else k} {s[k]}" for k in ("seed", "temperature")
+                          if k in s)
         prompt = catalog.phrase("prompt") if catalog is not None else "Prompt"
         title = catalog(s["title"]) if catalog is not None and "title" in s else s.get("title")
         head = f"**{title}**" if "title" in s else f"{prompt} `{s.get('prompt', '')!r}`"
