@@ -20,7 +20,9 @@ def test_pretrain_cpu_benchmark_quick(mirror_file, tmp_path):
     assert [r["run"] for r in report["results"]] == ["gpt2-fp32", "gpt2-bf16", "modern-fp32", "modern-bf16"]
     for r in report["results"]:
         assert r["tokens_per_s"] > 0 and r["ms_per_iter"] > 0 and r["peak_rss_mib"] > 0
-        assert 0 < r["mfu_vs_fp32_peak"] < 2 and r["matmul_peak_gflops"]["fp32"] > 0
+        # against its own dtype's GEMM peak a run stays below ~1 (2: room for a peak measured while the machine is
+        # busy); against the fp32 peak a bf16 run may exceed 2 where bf16 GEMMs are 4x faster (AVX512-BF16, AMX)
+        assert 0 < r["mfu_vs_own_dtype_peak"] < 2 and r["mfu_vs_fp32_peak"] > 0 and r["matmul_peak_gflops"]["fp32"] > 0
         losses = list(r["val_loss"].values())
         assert losses and losses[-1] < math.log(65)  # better than a uniform guess after 60 steps
 
