@@ -96,3 +96,10 @@ def test_every_page_has_its_chinese_translation():
     (`mmlab lab i18n --list-missing` names what is missing)."""
     missing = [str(tr.relative_to(ROOT)) for _, tr in expected_translations(ROOT) if not tr.is_file()]
     assert missing == []
+
+
+def test_render_of_a_missing_file_is_a_one_line_error(capsys):
+    from mmlab.cli import main
+
+    assert main(["lab", "render", "--check", "no/such/page.zh.md"]) != 0
+    assert "no such file: no/such/page.zh.md" in capsys.readouterr().err

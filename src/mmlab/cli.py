@@ -333,9 +333,8 @@ def _cmd_train_grpo(args: argparse.Namespace) -> int:
 
 def _cmd_train_agent_rl(args: argparse.Namespace) -> int:
     """`mmlab train agent-rl`: multi-turn RL with tools on the synthetic tool tasks."""
-    from mmlab.data.tool_tasks import heldout_tool_tasks, make_tool_tasks, parse_kinds
-    from mmlab.train.agent_rl import EVAL_FILE, agent_rl
-    from mmlab.train.grpo import RLPrompt
+    from mmlab.data.tool_tasks import parse_kinds
+    from mmlab.train.agent_rl import EVAL_FILE, agent_rl, tool_task_prompts, tool_task_split
 
     if args.resume:
         raise MMLabError("train agent-rl has no --resume: its runs are short; start again with --overwrite")
@@ -344,10 +343,9 @@ def _cmd_train_agent_rl(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise MMLabError(f"--kinds: {e}") from None
     cfg = _stage_config(args, GRPO_DEFAULTS)
-    train = make_tool_tasks(args.n_prompts, seed=cfg.seed, kinds=kinds)
-    heldout = heldout_tool_tasks(args.n_heldout, seed=cfg.seed + 10_000, train=train, kinds=kinds)
-    record = agent_rl(args.base, cfg, [RLPrompt(t.messages(), t.answer) for t in train],
-                      [RLPrompt(t.messages(), t.answer) for t in heldout], heldout_groups=[t.label for t in heldout],
+    train, heldout = tool_task_split(args.n_prompts, args.n_heldout, cfg.seed, kinds)
+    record = agent_rl(args.base, cfg, tool_task_prompts(train), tool_task_prompts(heldout),
+                      heldout_groups=[t.label for t in heldout],
                       loss=args.loss, group_size=args.group_size, ppo_epochs=args.ppo_epochs, clip_eps=args.clip_eps,
                       eps_high=args.eps_high, kl_coef=args.kl_coef, max_turns=args.max_turns,
                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, show_tools=args.show_tools,
@@ -649,6 +647,9 @@ def _cmd_lab_render(args: argparse.Namespace) -> int:
     root = modules_root()
     extra = [p for p in (root.parent / n for n in ("README.md", "README.zh.md", "ROADMAP.zh.md")) if p.is_file()]
     if args.files:  # only these files (a translator renders their own pages)
+        missing = [f for f in args.files if not Path(f).is_file()]
+        if missing:
+            raise MMLabError(f"lab render: no such file: {', '.join(missing)}")
         changed = render_files([Path(f).resolve() for f in args.files], root, write=not args.check)
     else:
         changed = render_all(root, extra, write=not args.check)

@@ -191,6 +191,20 @@ def evaluate_agent(model: torch.nn.Module, tok: Tokenizer, prompts: Sequence[RLP
             "turns": statistics.fmean(len(e.turns) for e in episodes), "stops": stops, "samples": samples}
 
 
+def tool_task_prompts(tasks: Sequence[Any]) -> list[RLPrompt]:
+    """``mmlab.data.tool_tasks`` tasks as RL prompts (the question, and the tool's result as the answer)."""
+    return [RLPrompt(t.messages(), t.answer) for t in tasks]
+
+
+def tool_task_split(n_train: int, n_heldout: int, seed: int, kinds: Sequence[str] | None = None) -> tuple[list, list]:
+    """Training tasks and held-out tasks from another seed with no training prompt (``heldout_tool_tasks``)."""
+    from mmlab.data.tool_tasks import KINDS, heldout_tool_tasks, make_tool_tasks
+
+    kinds = tuple(kinds or KINDS)
+    train = make_tool_tasks(n_train, seed=seed, kinds=kinds)
+    return train, heldout_tool_tasks(n_heldout, seed=seed + 10_000, train=train, kinds=kinds)
+
+
 # ---- the stage -------------------------------------------------------------------------------
 def agent_rl(base: str | Path, train_cfg: Any, prompts: Sequence[RLPrompt], heldout: Sequence[RLPrompt], *,
              heldout_groups: Sequence[str] | None = None, loss: str = "grpo", group_size: int = 8,

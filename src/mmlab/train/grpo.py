@@ -24,6 +24,7 @@ like any other stage.
 
 from __future__ import annotations
 
+import abc
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -113,7 +114,7 @@ def pad_rows(rows: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) ->
     return x, y
 
 
-class ServedRollouts:
+class ServedRollouts(abc.ABC):
     """What the trainer sees of an RL data source: ``sample`` draws ``rows`` prompts and returns a fresh
     ``rollout`` batch, served for ``ppo_epochs`` consecutive optimizer steps; ``slice_rows`` cuts a batch
     by prompts (``group_size`` rows each); there are no eval batches (held-out scoring is separate).
@@ -125,8 +126,9 @@ class ServedRollouts:
     _cached: Any = None
     _served: int = 0
 
+    @abc.abstractmethod
     def rollout(self, prompts: Sequence[RLPrompt], generator: torch.Generator) -> tuple:
-        raise NotImplementedError
+        """One fresh training batch from ``prompts`` (each subclass's own sampling and scoring)."""
 
     def sample(self, split: str, rows: int, generator: torch.Generator):
         if self._cached is None or self._served >= self.ppo_epochs:

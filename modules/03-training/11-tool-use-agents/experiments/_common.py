@@ -14,6 +14,7 @@ from typing import Any
 
 from mmlab.data.tool_tasks import ToolTask, heldout_tool_tasks, make_tool_tasks
 from mmlab.lab.posttrain import _build, base_settings, lesson_base
+from mmlab.train.agent_rl import tool_task_prompts
 from mmlab.train.grpo import RLPrompt
 
 SEQ = 256  # the models' context: the longest tool trace fits
@@ -63,7 +64,7 @@ def heldout(exp: Any, n: int | None = None) -> list[ToolTask]:
 
 
 def prompts(tasks: list[ToolTask]) -> list[RLPrompt]:
-    return [RLPrompt(t.messages(), t.answer) for t in tasks]
+    return tool_task_prompts(tasks)
 
 
 def lesson_sft(exp: Any, style: str, steps: int | None = None) -> Path:
