@@ -10,7 +10,8 @@ client streams ``/v1/completions`` (``stream_options.include_usage``) with its o
 the clients received / wall time from the first request to the last answer), time to first token and
 per-request latency (p50 / p95), and the 429s. Engines and concurrencies are interleaved (1, 4, 16 clients;
 one-at-a-time, then batched, for each; ``--repeats`` rounds of all of them, medians reported), so a slow moment
-of the machine hits both alike.
+of the machine hits both alike. Beside them, the same requests go through the engine in this process with no
+HTTP and no clients (``engine_alone``): the share of the batching gain that survives the server.
 
     python benchmarks/serve_load.py                      # 1 / 4 / 16 clients, 64 tokens each
     python benchmarks/serve_load.py --quick              # 1 / 4 clients, 8 tokens, a 64-wide model (tests)
@@ -134,6 +135,28 @@ def load(port: int, clients: int, max_tokens: int) -> dict:
             "latency_p50_s": percentile(latency, 0.5), "latency_p95_s": percentile(latency, 0.95)}
 
 
+def engine_alone(ckpt: Path, clients: int, max_tokens: int) -> dict:
+    """The same requests (prompts, seeds, sampling) through ``mmlab.infer.engine.Engine`` in this process, no HTTP,
+    no clients: what batching alone buys, the ceiling the server's figure is measured against."""
+    from mmlab.infer.engine import Engine
+    from mmlab.infer.sample import start_ids, stop_ids
+    from mmlab.tokenizer.base import IM_START
+    from mmlab.train.checkpoint import load_checkpoint_tokenizer, load_model
+
+    model, tok = load_model(ckpt), load_checkpoint_tokenizer(ckpt)
+    stops = stop_ids(tok) + [t for t in [tok.token_to_id(IM_START)] if t is not None]  # as the server stops
+    engine = Engine(model, max_batch=16)
+    for i in range(clients):
+        engine.add(start_ids(tok, f"Once upon a time, child number {i} found a"), max_tokens, temperature=0.8,
+                   seed=i, stop_tokens=stops)
+    t0 = time.perf_counter()
+    out = engine.run()
+    wall = time.perf_counter() - t0
+    tokens = sum(len(v) for v in out.values())
+    return {"clients": clients, "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+            "steps": engine.steps}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -161,8 +184,13 @@ def main(argv: list[str] | None = None) -> int:
             for _, port in servers.values():  # warm-up: first-call allocations, not part of any figure
                 load(port, 2, 4)
             runs: dict[tuple[str, int], list[dict]] = {}
+            alone: dict[int, list[dict]] = {}
+            if args.threads:
+                torch.set_num_threads(args.threads)  # the engine alone runs here, with the servers' threads
+            engine_alone(ckpt / "ckpt", 2, 4)  # warm-up
             for round_ in range(repeats):
                 for clients in concurrency:
+                    alone.setdefault(clients, []).append(engine_alone(ckpt / "ckpt", clients, max_tokens))
                     for name, (_, port) in servers.items():
                         r = load(port, clients, max_tokens)
                         runs.setdefault((name, clients), []).append(r)
@@ -181,11 +209,17 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(timeout=30)
     by = {(r["engine"], r["clients"]): r for r in results}
     top = max(concurrency)
+    engine_only = [{"clients": c, "tokens": rs[0]["tokens"], "steps": rs[0]["steps"],
+                    "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+                    "tokens_per_s_rounds": [r["tokens_per_s"] for r in rs]} for c, rs in alone.items()]
+    alone_by = {r["clients"]: r for r in engine_only}
     report = {
         "benchmark": "serve_load", "quick": args.quick, "width": width, "max_tokens": max_tokens, "repeats": repeats,
         "statistic": "median over interleaved rounds",
         "results": results,
         "speedup_at_max_clients": by[("batched", top)]["tokens_per_s"] / by[("one-at-a-time", top)]["tokens_per_s"],
+        "engine_alone": engine_only,
+        "engine_alone_speedup_at_max_clients": alone_by[top]["tokens_per_s"] / alone_by[1]["tokens_per_s"],
         "max_clients": top, "server_torch_threads": args.threads or torch.get_num_threads(),
         "server": "mmlab serve, one process per engine; clients are threads of this process",
         "environment": environment(),

@@ -125,6 +125,10 @@ def test_serve_load_benchmark_quick():
     assert not committed["quick"] and committed["max_clients"] == 16
     readme = (ROOT / "README.md").read_text()
     assert f"{committed['speedup_at_max_clients']:.2f}x one-at-a-time's tokens/s at 16 streaming clients" in readme
+    alone = committed["engine_alone_speedup_at_max_clients"]
+    assert f"the engine alone, same requests without HTTP, gets {alone:.2f}x" in readme
+    assert {r["clients"] for r in report["engine_alone"]} == {1, 4}
+    assert all(r["tokens"] > 0 for r in report["engine_alone"])
 
 
 def test_ppo_vs_grpo_benchmark_quick():

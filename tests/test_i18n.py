@@ -86,6 +86,19 @@ def test_compare_finds_a_translation_that_is_not_the_same_page(tmp_path):
     assert [p for p in compare(en, zh) if "does not exist" in p]
 
 
+def test_a_number_the_english_page_does_not_state_is_a_stale_copy(tmp_path):
+    """A figure typed into a translation goes stale when the English page's figure is re-measured: every number
+    in a translated page's prose must be one the English page states (result blocks and code aside)."""
+    en, zh = tmp_path / "README.md", tmp_path / "README.zh.md"
+    block = "<!-- mmlab:result results/a.json -->\n| 9.99 |\n<!-- /mmlab:result -->\n"
+    en.write_text("# Speed\n\nBatching serves 3.16x the tokens/s at 1,024 tokens.\n\n" + block)
+    zh.write_text("# 速度\n\n批处理在 1024 个 token 时达到 3.16x。\n\n" + block.replace("9.99", "8.88") +
+                  "```\nmmlab serve --batch 16\n```\n")
+    assert [p for p in compare(en, zh) if "numbers" in p] == []  # 1,024 == 1024; blocks and code are not prose
+    zh.write_text(zh.read_text().replace("3.16x", "3.77x"))
+    assert [p for p in compare(en, zh) if "numbers ['3.77'] are not in README.md" in p]
+
+
 def test_every_translated_page_corresponds_to_its_english_page():
     state = check_translations(ROOT)
     assert state["problems"] == []

@@ -121,6 +121,7 @@ def cell(value: Any, catalog: Catalog | None, fmt) -> str:
 LESSON_DOCS = ("README.md", "teaching.md", "code_guide.md", "quiz.md")
 FIGURE = re.compile(r"results/[\w.-]+\.png")
 OPEN_BLOCK = re.compile(r"<!-- mmlab:result [^>]*-->")
+WHOLE_BLOCK = re.compile(r"<!-- mmlab:result [^>]*-->.*?<!-- /mmlab:result -->", re.S)
 FENCE_LINE = re.compile(r"^\s*(`{3,}|~{3,})")
 
 
@@ -150,11 +151,19 @@ def _outline(text: str) -> dict[str, Any]:
             "result blocks (in order)": OPEN_BLOCK.findall(text), "code blocks": fences}
 
 
+def typed_numbers(text: str) -> set[str]:
+    """The numbers written in a page's prose: outside code blocks and rendered result blocks."""
+    return {n.replace(",", "") for n in NUMBER.findall(WHOLE_BLOCK.sub("", _prose(text)))}
+
+
 def compare(english: Path, translated: Path) -> list[str]:
     """Where ``translated`` does not correspond to ``english``: each problem a line naming the file."""
     en, tr = english.read_text(encoding="utf-8"), translated.read_text(encoding="utf-8")
     problems = [f"{translated}: {what} differ from {english.name}'s: {b!r} vs {a!r}"
                 for what, a in _outline(en).items() if (b := _outline(tr)[what]) != a]
+    if extra := sorted(typed_numbers(tr) - typed_numbers(en)):  # a figure copied by hand and gone stale
+        problems.append(f"{translated}: numbers {extra} are not in {english.name} (a translation states the English "
+                        "page's numbers, and its measured ones come from result blocks)")
     for target in LINK.findall(_prose(tr)):
         path = target.split("#", 1)[0]
         if path and not re.match(r"^[a-z]+:", path) and not (translated.parent / path).exists():
