@@ -2,6 +2,7 @@
 real lessons, and the built site driven in headless Chromium (home, a plot, a quiz, the score after a
 reload, search, the dark theme, no console errors). Screenshots go to tests/output/site/."""
 
+import json
 import os
 import socket
 import stat
@@ -240,7 +241,7 @@ def test_the_repository_builds_strictly_with_every_lesson(site):
     assert {"README.md", "ROADMAP.md", f"{LESSON}/quiz.md"} <= set(pages)
     for page in pages:  # every Markdown file of the lessons is a page
         assert (site.out / page.replace("README.md", "index.md")).with_suffix(".html").is_file(), page
-    built = [p for p in site.out.rglob("*.html") if p.name != "404.html"]
+    built = [p for p in site.out.rglob("*.html") if p.name != "404.html" and p.relative_to(site.out).parts[0] != "zh"]
     assert site.pages == len(built) == len(pages)  # what MkDocs wrote, counted apart from what was staged
     home = (site.out / "index.html").read_text()
     for lesson in sorted(p.parent for p in (ROOT / "modules").glob("*/*/README.md")):
@@ -260,6 +261,36 @@ def test_the_repository_builds_strictly_with_every_lesson(site):
     assert '<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">' in math and "arithmatex" not in math
     assert (site.out / "search" / "search_index.json").is_file()
     assert not (ROOT / LESSON / "quiz.html").exists()  # sources untouched
+
+
+def test_the_chinese_edition_is_the_same_site_under_zh(site):
+    """Every page with a .zh.md twin is built under zh/ from it (the others fall back to English), with the
+    language switch on every page, Chinese navigation and quiz words, and Chinese words in the search index."""
+    pages = source_pages(ROOT)
+    twins = [p for p in pages if (ROOT / p.replace(".md", ".zh.md")).is_file()]
+    assert site.translated == len(twins) and set(pages) - set(twins) == {"DEVELOPERS.md"}  # for contributors
+    html = lambda page: (site.out / page.replace("README.md", "index.md")).with_suffix(".html")  # noqa: E731
+    for page in pages:
+        zh = html(f"zh/{page}").read_text()
+        assert '<html lang="zh"' in zh, page
+        if page in twins:  # its own heading, not the English one
+            heading = (ROOT / page.replace(".md", ".zh.md")).read_text().splitlines()[0].removeprefix("# ")
+            assert heading.replace("&", "&amp;") in zh, page
+    teaching = html(f"{LESSON}/teaching.md").read_text()
+    assert f'href="../../../zh/{LESSON}/teaching.html" hreflang="zh"' in teaching  # the switch, to the twin
+    home = html("zh/README.md").read_text()
+    for label in ("首页", "学习路线", "课程", "讲解", "代码导读", "测验"):
+        assert label in home, label
+    zh_quiz = html(f"zh/{LESSON}/quiz.md").read_text()
+    total = len(parse_quiz((ROOT / LESSON / "quiz.zh.md").read_text()).choices)
+    assert f"共 {total} 道题，尚未作答" in zh_quiz and zh_quiz.count('class="mmlab-q"') == total
+    assert "为什么不对：" in zh_quiz and "Why not:" not in zh_quiz
+    zh_teaching = html(f"zh/{LESSON}/teaching.md").read_text()
+    assert "<table>" in zh_teaching and "由 <code>" in zh_teaching  # result blocks, in Chinese
+    index = json.loads((site.out / "search" / "search_index.json").read_text())
+    assert index["config"]["lang"] == ["en", "zh"]
+    zh_docs = [d for d in index["docs"] if d["location"].startswith("zh/")]
+    assert zh_docs and any("\u200b归一化\u200b" in d["text"] for d in zh_docs)  # segmented into words
 
 
 def test_a_broken_link_or_missing_image_fails_and_keeps_the_last_site(tmp_path):
@@ -287,7 +318,7 @@ def test_docs_build_command_reports_and_refuses_foreign_folders(tmp_path, capsys
     (tmp_path / "repo/modules/01-a/01-b/quiz.md").write_text("# Quiz\n\n### Q1. Hm?\n- [x] a\n- [ ] b\n\n"
                                                              "**Explanation:** a.\n")
     assert main(["docs", "build", "--out", str(tmp_path / "site")]) == 0
-    assert "3 pages in" in capsys.readouterr().out
+    assert "3 pages, 0 of them also in Chinese, in" in capsys.readouterr().out
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert main(["docs", "build", "--out", str(tmp_path / "mine")]) == 1
@@ -461,6 +492,59 @@ def test_a_lesson_page_shows_its_plots_and_math(served, tab):
     tab.open(served + "modules/03-training/01-tokenization/teaching.html")
     assert tab.js("(() => { const r = document.querySelector('math[display=block]').getBoundingClientRect();"
                   " return r.width > 100 && r.height > 20; })()")  # MathML laid out by the browser itself
+    assert tab.errors() == []
+
+
+# Two different Chinese characters drawn in the page's font: with a CJK font they differ; without one, both are
+# the same "missing glyph" box (tofu), which is how a page without fonts looks to a reader.
+GLYPHS = """(() => {
+  const font = '48px ' + getComputedStyle(document.querySelector('article')).fontFamily;
+  const draw = (ch) => { const c = document.createElement('canvas'); c.width = c.height = 64;
+    const g = c.getContext('2d'); g.font = font; g.fillText(ch, 4, 52);
+    return Array.from(g.getImageData(0, 0, 64, 64).data).join(','); };
+  const a = draw('归'), b = draw('化'), blank = draw(' ');
+  return [a !== blank, b !== blank, a !== b];
+})()"""
+
+
+def test_a_chinese_lesson_page_shows_chinese_glyphs_and_switches_language(served, tab):
+    tab.open(served + f"zh/{LESSON}/teaching.html")
+    heading = (ROOT / LESSON / "teaching.zh.md").read_text().splitlines()[0].removeprefix("# ")
+    assert tab.js("document.documentElement.lang") == "zh"
+    assert tab.js("document.querySelector('article h1').textContent").startswith(heading)
+    assert tab.js(GLYPHS) == [True, True, True], "no CJK font: Chinese text renders as boxes"
+    images = tab.js("[...document.querySelectorAll('article img')].map(i => i.complete && i.naturalWidth)")
+    assert images and all(w > 0 for w in images)  # the same plots as the English page
+    shot = tab.screenshot(OUTPUT / "zh_teaching.png")
+    print(f"\nscreenshot: {shot}")
+    english = tab.js("document.querySelector('a[hreflang=en]').href")
+    assert english == served + f"{LESSON}/teaching.html"  # the language switch leads to the English twin
+    tab.click(".md-search__input")  # Chinese search, from the same built index
+    tab.send("Input.insertText", {"text": "归一化"})
+    assert wait_until(lambda: tab.js("document.querySelectorAll('.md-search-result__item').length") > 0)
+    links = tab.js("[...document.querySelectorAll('.md-search-result__item a')].map(a => a.href)")
+    assert any("/zh/" in h for h in links), links
+    assert tab.errors() == []
+
+
+def test_a_chinese_quiz_answers_in_chinese(served, tab):
+    tab.open(served + f"zh/{LESSON}/quiz.html")
+    tab.js("localStorage.clear()")
+    tab.reload()
+    total = len(parse_quiz((ROOT / LESSON / "quiz.zh.md").read_text()).choices)
+    score = "document.querySelector('.mmlab-score-text').textContent"
+    assert tab.js(score) == f"得分：0 / {total}（已答 0 题）"
+    qid, answer = tab.js("(q => [q.dataset.qid, Number(q.dataset.answer)])(document.querySelector('.mmlab-q'))")
+    # the same key as the English quiz's first question
+    assert answer == parse_quiz((ROOT / LESSON / "quiz.md").read_text()).choices[0].answer
+    tab.click(f"[data-qid='{qid}'] .mmlab-options li[data-option='{(answer + 1) % 4}']")
+    verdict = tab.js(f"document.querySelector('[data-qid=\"{qid}\"] .mmlab-verdict').textContent")
+    assert verdict == "不太对：正确选项已用 ✓ 标出。" and tab.js(score) == f"得分：0 / {total}（已答 1 题）"
+    assert tab.js(f"getComputedStyle(document.querySelector('[data-qid=\"{qid}\"] .mmlab-explanation')).display") \
+        == "block"
+    assert tab.js("document.querySelector('.mmlab-reset').textContent") == "重新开始"
+    shot = tab.screenshot(OUTPUT / "zh_quiz.png")
+    print(f"\nscreenshot: {shot}")
     assert tab.errors() == []
 
 

@@ -688,7 +688,8 @@ def _cmd_docs_build(args: argparse.Namespace) -> int:
     from mmlab.docsite import build_site
 
     r = build_site(args.out)
-    print(f"built the site (strict): {r.pages} pages in {r.seconds:.1f} s -> {r.out / 'index.html'}")
+    print(f"built the site (strict): {r.pages} pages, {r.translated} of them also in Chinese, in {r.seconds:.1f} s "
+          f"-> {r.out / 'index.html'}")
     return 0
 
 

@@ -10,7 +10,11 @@
   the pages show, and never turns an image into a link;
 - generates the navigation from the folders, so a new lesson appears by itself;
 - runs MkDocs (Material theme) in strict mode: a warning (a broken link, a missing image) fails the
-  build, and the last good site stays in place.
+  build, and the last good site stays in place;
+- is bilingual: each page's Chinese twin (``teaching.zh.md`` beside ``teaching.md``) becomes the page under
+  ``zh/`` (``mkdocs-static-i18n``, suffix layout), with a language switch on every page, Chinese navigation
+  titles (the twins' own headings), quizzes whose buttons and feedback speak Chinese, and a search index
+  that segments Chinese words (``jieba``); a page without a twin falls back to the English one.
 """
 
 from __future__ import annotations
@@ -44,7 +48,11 @@ LESSON_PAGES = {"teaching.md": "Teaching", "code_guide.md": "Code guide", "quiz.
 IMAGES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
 MARKER = ".mmlab-site"  # marks a folder this command built and lists what it wrote, so it may replace it
 NEEDS = {"mkdocs": "mkdocs", "material": "mkdocs-material", "pymdownx": "pymdown-extensions",
-         "latex2mathml": "latex2mathml"}
+         "latex2mathml": "latex2mathml", "mkdocs_static_i18n": "mkdocs-static-i18n", "jieba": "jieba"}
+# the navigation's fixed labels in the Chinese edition (lesson and section titles come from the zh pages)
+NAV_ZH = {"Home": "首页", "Learning paths": "学习路线", "Lessons": "课程", "Developers": "开发者指南",
+          "Teaching": "讲解", "Code guide": "代码导读", "Quiz": "测验",
+          "Foundation": "基础", "Architecture": "架构", "Training": "训练", "Inference": "推理"}
 
 # Code (fenced blocks, inline spans) is skipped; a link is [text](target "title") or ![alt](target), and
 # a link's text may hold an image: [![plot](results/p.png)](teaching.md).
@@ -57,11 +65,15 @@ LINK = re.compile(
 )
 
 
+ZH_LINK = re.compile(r"(\]\((?![a-z][a-z0-9+.-]*:)[^)\s]*?)\.zh\.md([#)\s])")
+
+
 @dataclass
 class BuildReport:
     out: Path
     pages: int
     seconds: float
+    translated: int = 0  # pages with a Chinese twin
 
 
 def source_url() -> str | None:
@@ -145,12 +157,30 @@ def source_pages(root: Path) -> list[str]:
     pages = [name for name in TOP_PAGES if (root / name).is_file()]
     for path in sorted((root / "modules").rglob("*.md")):
         parts = path.relative_to(root).parts
-        # the Chinese edition (*.zh.md) is not in the site yet: the bilingual site is the next step of issue 24
         if not any(p.startswith((".", "_")) or p == "results" for p in parts) and lang_of(path) == "en":
             pages.append("/".join(parts))
     if "README.md" not in pages:
         raise MMLabError(f"{root}: no README.md: the site's home page is the repository's README")
     return pages
+
+
+def zh_twin(page: str) -> str:
+    return page[: -len(".md")] + ".zh.md"
+
+
+def translated_pages(root: Path, pages: list[str]) -> list[str]:
+    """The Chinese twins of ``pages`` that exist."""
+    return [zh_twin(p) for p in pages if (root / zh_twin(p)).is_file()]
+
+
+def nav_translations(root: Path, pages: list[str]) -> dict[str, str]:
+    """English navigation title -> Chinese: the fixed labels, and each page's heading -> its twin's heading."""
+    out = dict(NAV_ZH)
+    for page in pages:
+        twin = zh_twin(page)
+        if (root / twin).is_file() and (en := _title(root, page, "")) and (zh := _title(root, twin, "")):
+            out.setdefault(en, zh)
+    return out
 
 
 def _title(root: Path, page: str, fallback: str) -> str:
@@ -188,7 +218,25 @@ def make_nav(root: Path, pages: list[str]) -> list:
     return nav
 
 
-def mkdocs_config(docs: Path, site: Path, nav: list) -> dict:
+def _slugify() -> Callable[..., str]:
+    from pymdownx.slugs import slugify
+
+    return slugify(case="lower")
+
+
+def mkdocs_config(docs: Path, site: Path, nav: list, zh_nav: dict[str, str] | None = None) -> dict:
+    """The MkDocs configuration; with ``zh_nav`` (English title -> Chinese) the site is bilingual."""
+    plugins: list = ["search"]
+    if zh_nav is not None:
+        # search: Chinese runs through jieba at build time (zero-width spaces between words), so the separator
+        # splits on U+200B too; i18n: suffix layout (page.zh.md), a language switch in the header
+        plugins = [{"search": {"lang": ["en", "zh"], "separator": r"[\s\u200b\-]+"}},
+                   {"i18n": {"docs_structure": "suffix", "fallback_to_default": True, "reconfigure_material": True,
+                             "reconfigure_search": True,
+                             "languages": [{"locale": "en", "name": "English", "default": True, "build": True},
+                                           {"locale": "zh", "name": "中文", "build": True,
+                                            "site_description": "通过测量学习现代大语言模型如何构建与训练。",
+                                            "nav_translations": zh_nav}]}}]
     return {
         "site_name": "MiniMind Lab",
         "site_description": "Learn how a modern LLM is built and trained, by measurement.",
@@ -209,11 +257,13 @@ def mkdocs_config(docs: Path, site: Path, nav: list) -> dict:
             "features": ["navigation.tabs", "navigation.indexes", "navigation.footer",
                          "search.suggest", "search.highlight", "content.code.copy", "toc.follow"],
         },
-        "plugins": ["search"],
+        "plugins": plugins,
         "hooks": [str(HOOKS)],
         "markdown_extensions": [
             "tables", "attr_list", "md_in_html", "admonition", "pymdownx.details", "pymdownx.superfences",
-            "pymdownx.inlinehilite", "pymdownx.highlight", {"toc": {"permalink": True}},
+            "pymdownx.inlinehilite", "pymdownx.highlight",
+            # Unicode slugs: a Chinese heading keeps its words in its anchor (#快速入门30-分钟), as on GitHub
+            {"toc": {"permalink": True, "slugify": _slugify()}},
             {"pymdownx.arithmatex": {"generic": True}}, {"pymdownx.tasklist": {"custom_checkbox": True}},
         ],
         "extra_css": ["assets/mmlab/site.css"],
@@ -226,13 +276,21 @@ def mkdocs_config(docs: Path, site: Path, nav: list) -> dict:
 def stage_docs(root: Path, docs: Path, repo_url: str | None) -> list[str]:
     """Write the site's Markdown and images into ``docs``; return the pages."""
     pages = source_pages(root)
+    twins = translated_pages(root, pages)
     images: set[str] = set()
     can_link = linkable(root)
-    for page in pages:
+    for page in pages + twins:
         text = _read(root / page)
-        if posixpath.basename(page) == "quiz.md":  # parsed as written, so the answers' ids ignore the links
-            text = render_quiz(parse_quiz(text, root / page), posixpath.dirname(page).removeprefix("modules/"))
-        text, shown = rewrite_links(text, page, root, set(pages), repo_url, can_link)
+        zh = lang_of(Path(page)) == "zh"
+        if posixpath.basename(page) in ("quiz.md", "quiz.zh.md"):  # parsed as written: ids ignore the links
+            text = render_quiz(parse_quiz(text, root / page), posixpath.dirname(page).removeprefix("modules/"),
+                               "zh" if zh else "en")
+        text, shown = rewrite_links(text, page, root, set(pages + twins), repo_url, can_link)
+        # "[中文版](README.zh.md)" / "[English](README.md)": the site's language switch does that; plain text here
+        twin = posixpath.basename(page.replace(".zh.md", ".md") if zh else zh_twin(page))
+        text = re.sub(rf"(?<!!)\[([^\]\n]*)\]\({re.escape(twin)}\)", r"\1", text)
+        if zh:  # the i18n plugin finds a page's twin from the English name: link to page.md, it serves page.zh.md
+            text = ZH_LINK.sub(r"\g<1>.md\g<2>", text)
         images |= shown
         (docs / page).parent.mkdir(parents=True, exist_ok=True)
         (docs / page).write_text(text, encoding="utf-8")
@@ -355,13 +413,18 @@ def build_site(out: str | Path | None = None, root: str | Path | None = None) ->
         try:
             pages = stage_docs(root, docs, source_url())
             config_file = Path(tmp) / "mkdocs.yml"
-            config_file.write_text(json.dumps(mkdocs_config(docs, site, make_nav(root, pages)), indent=1))
+            zh_nav = nav_translations(root, pages) if translated_pages(root, pages) else None
+            config = mkdocs_config(docs, site, make_nav(root, pages), zh_nav)
+            extensions = config.pop("markdown_extensions")  # holds a function: handed over in Python, not YAML
+            config_file.write_text(json.dumps(config, indent=1))
             logger = logging.getLogger("mkdocs")
             collect, propagate = _Collect(), logger.propagate
             logger.addHandler(collect)
             logger.propagate = False  # MkDocs' info lines stay quiet; its warnings make the error below
             try:
-                build(load_config(str(config_file)))
+                loaded = load_config(str(config_file), markdown_extensions=extensions)  # imports jieba (search)
+                logging.getLogger("jieba").setLevel(logging.WARNING)  # its dictionary-loading chatter
+                build(loaded)
             except MkDocsException as e:  # strict mode's Abort, or a hook's PluginError
                 found = [m.replace(str(docs) + "/", "") for m in collect.messages] or [str(e)]
                 raise MMLabError(f"the site did not build (strict mode): {len(found)} problem"
@@ -377,7 +440,7 @@ def build_site(out: str | Path | None = None, root: str | Path | None = None) ->
             _replace(site, out)
         finally:
             shutil.rmtree(site, ignore_errors=True)
-    return BuildReport(out, len(pages), time.perf_counter() - start)
+    return BuildReport(out, len(pages), time.perf_counter() - start, len(translated_pages(root, pages)))
 
 
 def make_server(site: str | Path, host: str = "127.0.0.1", port: int = 8001) -> http.server.ThreadingHTTPServer:

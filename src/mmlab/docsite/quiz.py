@@ -191,12 +191,22 @@ def _wrap(tag: str, attrs: str, *blocks: str) -> str:
     return f"<{tag} {attrs} markdown=\"1\">\n\n{inner}\n\n</{tag}>"
 
 
-def render_quiz(quiz: Quiz, quiz_id: str) -> str:
+UI = {"en": {"to answer": "{n} questions to answer", "why not": "**Why not:**", "reveal": "Reveal a model answer"},
+      "zh": {"to answer": "共 {n} 道题，尚未作答", "why not": "**为什么不对：**", "reveal": "查看参考答案"}}
+
+
+def render_quiz(quiz: Quiz, quiz_id: str, lang: str = "en") -> str:
     """The interactive page, as Markdown inside HTML wrappers; the score box comes before the first question.
 
     Each option is written without its letter (a ``mmlab-letter`` span holds it, so ``quiz.js`` can re-letter
     the options after shuffling them) and with its index in the file (``data-option``); each wrong option's
-    ``Why not:`` note sits in the explanation, hidden until a learner picks that option."""
+    ``Why not:`` note sits in the explanation, hidden until a learner picks that option. ``lang`` picks the
+    page's own words (``UI``; quiz.js reads the page's ``lang`` for its buttons and feedback)."""
+    if lang not in UI:
+        raise MMLabError(f"no quiz words for language {lang!r}; known: {', '.join(UI)}")
+    ui = UI[lang]
+    if lang != "en":
+        quiz_id += f"@{lang}"  # its own record: a translation's questions are other questions
     n = len(quiz.choices)
     out, scored = [], False
     for part in quiz.parts:
@@ -205,19 +215,19 @@ def render_quiz(quiz: Quiz, quiz_id: str) -> str:
             continue
         if not scored and n:
             out.append(f'<div class="mmlab-score" data-quiz="{_attr(quiz_id)}" data-total="{n}">'
-                       f'<span class="mmlab-score-text">{n} questions to answer</span></div>')
+                       f'<span class="mmlab-score-text">{ui["to answer"].format(n=n)}</span></div>')
             scored = True
         if isinstance(part, Choice):
             items = [f'- <span class="mmlab-letter">{chr(65 + i)}.</span> {LETTER.sub("", o)}'
                      for i, o in enumerate(part.options)]
             options = _wrap("div", 'class="mmlab-options"', "\n".join(items))
-            notes = [_wrap("div", f'class="mmlab-note" data-option="{i}"', f"**Why not:** {note}")
+            notes = [_wrap("div", f'class="mmlab-note" data-option="{i}"', f"{ui['why not']} {note}")
                      for i, note in enumerate(part.notes) if note and i != part.answer]
             explanation = _wrap("div", 'class="mmlab-explanation"', *notes, part.explanation)
             out.append(_wrap("div", f'class="mmlab-q" data-qid="{part.qid}" data-answer="{part.answer}"',
                              part.heading, part.body, options, explanation))
         else:
             reveal = _wrap("details", 'class="mmlab-reveal tip"',
-                           "<summary>Reveal a model answer</summary>", part.answer)
+                           f"<summary>{ui['reveal']}</summary>", part.answer)
             out.append(_wrap("div", 'class="mmlab-open"', part.heading, part.body, reveal))
     return "\n\n".join(p for p in out if p) + "\n"

@@ -184,8 +184,11 @@ def compare(english: Path, translated: Path) -> list[str]:
 
 
 def expected_translations(root: Path, lang: str = "zh") -> list[tuple[Path, Path]]:
-    """(English file, its translation) for the project's README and ROADMAP and every lesson's four docs."""
-    pairs = [(root / n, root / n.replace(".md", f".{lang}.md")) for n in ("README.md", "ROADMAP.md")]
+    """(English file, its translation) for the project's README and ROADMAP, the lessons' index and every lesson's
+    four docs (DEVELOPERS.md, for contributors, stays English)."""
+    tops = ("README.md", "ROADMAP.md", "modules/README.md")
+    pairs = [(root / n, root / n.replace(".md", f".{lang}.md")) for n in tops
+             if n != "modules/README.md" or (root / n).is_file()]
     lessons = sorted({p.parent for p in (root / "modules").glob("*/*/README.md")})
     for lesson in lessons:
         pairs += [(lesson / d, lesson / d.replace(".md", f".{lang}.md")) for d in LESSON_DOCS if (lesson / d).is_file()]

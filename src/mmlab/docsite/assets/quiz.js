@@ -9,6 +9,23 @@
 (function () {
   "use strict";
 
+  // the page's own words: the Chinese edition's pages are <html lang="zh">
+  const WORDS = {
+    en: {
+      mine_right: "✓ your answer: right", right_one: "✓ the right answer", mine_wrong: "✗ your answer: wrong",
+      yours: "Your answer, ", right: "Right.", not_quite: "Not quite: the right option is marked ✓.",
+      score: (r, n) => `Score: ${r} / ${n}`, answered: (a) => ` (${a} answered)`, all: " (all answered)",
+      again: "Start again",
+    },
+    zh: {
+      mine_right: "✓ 你的答案：正确", right_one: "✓ 正确答案", mine_wrong: "✗ 你的答案：错误",
+      yours: "你的答案，", right: "回答正确。", not_quite: "不太对：正确选项已用 ✓ 标出。",
+      score: (r, n) => `得分：${r} / ${n}`, answered: (a) => `（已答 ${a} 题）`, all: "（全部答完）",
+      again: "重新开始",
+    },
+  };
+  const T = WORDS[(document.documentElement.lang || "en").slice(0, 2)] || WORDS.en;
+
   // a 32-bit seed drawn once per browser: every lesson's record copies it, so a learner's order is stable
   function learnerSeed() {
     const k = "mmlab-learner-seed";
@@ -85,8 +102,8 @@
         li.classList.toggle("mmlab-wrong", isWrong);
         li.setAttribute("aria-disabled", String(pick !== null));
         li.querySelector(".mmlab-mark").textContent = isRight
-          ? (i === pick ? "✓ your answer: right" : "✓ the right answer")
-          : isWrong ? "✗ your answer: wrong" : "";
+          ? (i === pick ? T.mine_right : T.right_one)
+          : isWrong ? T.mine_wrong : "";
       });
       // the chosen option's note first, marked as the learner's; the others after it, in the order shown
       const notes = q.querySelector(".mmlab-notes");
@@ -99,13 +116,13 @@
           const n = byOption[i];
           n.classList.toggle("mmlab-chosen", i === pick);
           n.querySelector(".mmlab-note-label").textContent =
-            (i === pick ? "Your answer, " : "") + letterOf(q, i) + ": ";
+            (i === pick ? T.yours : "") + letterOf(q, i) + ": ";
           notes.append(n);
         });
       }
       q.dataset.state = pick === null ? "open" : pick === right ? "right" : "wrong";
       q.querySelector(".mmlab-verdict").textContent =
-        pick === null ? "" : pick === right ? "Right." : "Not quite: the right option is marked ✓.";
+        pick === null ? "" : pick === right ? T.right : T.not_quite;
     }
 
     const text = box.querySelector(".mmlab-score-text");
@@ -114,8 +131,8 @@
       const right = answered.filter((q) => chosen(q) === Number(q.dataset.answer));
       box.dataset.right = String(right.length);
       box.dataset.answered = String(answered.length);
-      text.textContent = `Score: ${right.length} / ${questions.length}` +
-        (answered.length < questions.length ? ` (${answered.length} answered)` : " (all answered)");
+      text.textContent = T.score(right.length, questions.length) +
+        (answered.length < questions.length ? T.answered(answered.length) : T.all);
     }
 
     const letterOf = (q, i) => String.fromCharCode(65 + options(q).findIndex((li) => index(li) === i));
@@ -173,7 +190,7 @@
     const reset = document.createElement("button");
     reset.type = "button";
     reset.className = "md-button mmlab-reset";
-    reset.textContent = "Start again";
+    reset.textContent = T.again;
     reset.addEventListener("click", () => {
       answers = {};
       save();
