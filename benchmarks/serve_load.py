@@ -3,8 +3,10 @@
 one request at a time (``--batch 1``) against continuous batching (``--batch 16``), side by side in one run.
 Prints JSON (and writes it with ``--out``).
 
-The model: 4 layers x 256 (4 query heads, 2 KV heads), a byte-level BPE trained on synthetic stories, random
-weights (speed does not depend on what the weights learned), saved as a checkpoint the server loads. Every
+The model: lesson 21's, 4 layers x 256 (4 query heads, 2 KV heads), context 512, with a byte-level BPE of
+MiniMind's 6,400 tokens trained on the registry's 2 MiB of TinyStories (``--quick``: 64 wide, a small BPE on
+synthetic stories), random weights (speed does not depend on what the weights learned), saved as a checkpoint the
+server loads. Every
 client streams ``/v1/completions`` (``stream_options.include_usage``) with its own prompt and seed,
 ``max_tokens`` new tokens, temperature 0.8, no stop strings. Per run: aggregate decode throughput (tokens
 the clients received / wall time from the first request to the last answer), time to first token and
@@ -33,7 +35,9 @@ from http.client import HTTPConnection
 from pathlib import Path
 
 
-def build_checkpoint(folder: Path, width: int) -> Path:
+def build_checkpoint(folder: Path, width: int, vocab: int) -> Path:
+    """The lesson's model (4 layers x ``width``, GQA 2:1, context 512) with a byte-level BPE of ``vocab`` tokens:
+    MiniMind's 6,400, trained on TinyStories (the registry's 2 MiB sample), or a small one on synthetic stories."""
     import torch
 
     from mmlab.config import ModelConfig
@@ -42,7 +46,18 @@ def build_checkpoint(folder: Path, width: int) -> Path:
     from mmlab.tokenizer import train_bpe
     from mmlab.train.checkpoint import save_checkpoint
 
-    tok = train_bpe(story_corpus(100_000), vocab_size=1024)
+    if vocab > 1024:  # synthetic stories hold too few words for MiniMind's vocabulary
+        from mmlab.data.registry import dataset_path
+
+        from mmlab.errors import MMLabError
+
+        try:
+            text = dataset_path("tinystories-train-2mib").read_text(encoding="utf-8")
+        except MMLabError as e:  # offline without a mirror: say so in one line
+            raise SystemExit(f"serve_load: {e}") from None
+        tok = train_bpe([text], vocab_size=vocab)
+    else:
+        tok = train_bpe(story_corpus(100_000), vocab_size=vocab)
     cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=width, n_layers=4, n_heads=max(1, width // 64),
                       n_kv_heads=max(1, width // 128), max_seq_len=512, rope_theta=1e4)  # lesson 21's shape
     torch.manual_seed(0)
@@ -149,12 +164,21 @@ def engine_alone(ckpt: Path, clients: int, max_tokens: int) -> dict:
     for i in range(clients):
         engine.add(start_ids(tok, f"Once upon a time, child number {i} found a"), max_tokens, temperature=0.8,
                    seed=i, stop_tokens=stops)
+    sampling, sample = [0.0], engine._sample
+
+    def timed_sample(req, logits):  # the share of the time spent picking tokens (one multinomial per row)
+        t = time.perf_counter()
+        token = sample(req, logits)
+        sampling[0] += time.perf_counter() - t
+        return token
+
+    engine._sample = timed_sample
     t0 = time.perf_counter()
     out = engine.run()
     wall = time.perf_counter() - t0
     tokens = sum(len(v) for v in out.values())
     return {"clients": clients, "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
-            "steps": engine.steps}
+            "steps": engine.steps, "sampling_share": sampling[0] / wall}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,10 +198,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmlab.device import environment
 
-    width, max_tokens, concurrency = (64, 8, [1, 4]) if args.quick else (256, 64, [1, 4, 16])
+    width, vocab, max_tokens, concurrency = (64, 1024, 8, [1, 4]) if args.quick else (256, 6400, 64, [1, 4, 16])
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = build_checkpoint(Path(tmp), width)
+        ckpt = build_checkpoint(Path(tmp), width, vocab)
+        from mmlab.train.checkpoint import load_checkpoint_tokenizer
+
+        vocab_size = load_checkpoint_tokenizer(ckpt / "ckpt").vocab_size  # what the BPE reached
         servers = {name: start_server(ckpt / "ckpt", batch, max_tokens, args.threads, Path(tmp) / f"{name}.log")
                    for name, batch in (("one-at-a-time", 1), ("batched", 16))}
         try:
@@ -211,10 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     top = max(concurrency)
     engine_only = [{"clients": c, "tokens": rs[0]["tokens"], "steps": rs[0]["steps"],
                     "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+                    "sampling_share": statistics.median(r["sampling_share"] for r in rs),
                     "tokens_per_s_rounds": [r["tokens_per_s"] for r in rs]} for c, rs in alone.items()]
     alone_by = {r["clients"]: r for r in engine_only}
     report = {
-        "benchmark": "serve_load", "quick": args.quick, "width": width, "max_tokens": max_tokens, "repeats": repeats,
+        "benchmark": "serve_load", "quick": args.quick, "width": width, "vocab": vocab_size, "max_tokens": max_tokens,
+        "repeats": repeats,
         "statistic": "median over interleaved rounds",
         "results": results,
         "speedup_at_max_clients": by[("batched", top)]["tokens_per_s"] / by[("one-at-a-time", top)]["tokens_per_s"],

@@ -127,6 +127,9 @@ def test_serve_load_benchmark_quick():
     assert f"{committed['speedup_at_max_clients']:.2f}x one-at-a-time's tokens/s at 16 streaming clients" in readme
     alone = committed["engine_alone_speedup_at_max_clients"]
     assert f"the engine alone, same requests without HTTP, gets {alone:.2f}x" in readme
+    share = {r["clients"]: r["sampling_share"] for r in committed["engine_alone"]}[16]
+    assert f"{share:.0%} of the engine's 16-row time is sampling" in readme
+    assert committed["vocab"] > 6000  # lesson 21's model: MiniMind's vocabulary
     assert {r["clients"] for r in report["engine_alone"]} == {1, 4}
     assert all(r["tokens"] > 0 for r in report["engine_alone"])
 
