@@ -545,23 +545,52 @@ def _cmd_exp_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_exp_run(args: argparse.Namespace) -> int:
-    from mmlab.lab.registry import discover, find, run
+    import time
+
+    from mmlab.lab.registry import cpu_cores, discover, find, run, run_many
 
     if args.all == bool(args.id):
         raise MMLabError("name one experiment ID, or pass --all")
     scripts = discover() if args.all else [find(args.id)]
     mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
-    failed, total = [], 0.0
-    for script in scripts:
-        print(f"== {script.id} ({mode})", file=sys.stderr, flush=True)
-        code, seconds = run(script, mode)
-        total += seconds
-        print(f"== {script.id}: {'ok' if code == 0 else f'FAILED (exit {code})'} in {seconds:.1f} s",
+    jobs = args.jobs if args.jobs is not None else (cpu_cores() if mode != "full" else 1)
+    failed, total, start = [], 0.0, time.perf_counter()
+    if jobs == 1 or len(scripts) == 1:  # one after another, each printing as it goes
+        for script in scripts:
+            print(f"== {script.id} ({mode})", file=sys.stderr, flush=True)
+            code, seconds = run(script, mode)
+            total += seconds
+            print(f"== {script.id}: {'ok' if code == 0 else f'FAILED (exit {code})'} in {seconds:.1f} s",
+                  file=sys.stderr, flush=True)
+            if code:
+                failed.append(script.id)
+    else:
+        print(f"== {len(scripts)} experiments ({mode}), {jobs} at a time; the TIMED ones (speed findings) alone",
               file=sys.stderr, flush=True)
-        if code:
-            failed.append(script.id)
+
+        def started(script, threads):
+            print(f"== {script.id} ({mode}, {threads} thread{'s' if threads != 1 else ''}"
+                  f"{', alone' if script.timed() else ''}) started", file=sys.stderr, flush=True)
+
+        def done(f):
+            nonlocal total
+            total += f.seconds
+            n = len(scripts) - len(finished_ids) - 1
+            finished_ids.append(f.script.id)
+            elapsed = time.perf_counter() - start
+            eta = elapsed / len(finished_ids) * n
+            sys.stderr.write(f.output if f.output.endswith("\n") or not f.output else f.output + "\n")
+            print(f"== {f.script.id}: {'ok' if f.code == 0 else f'FAILED (exit {f.code})'} in {f.seconds:.1f} s "
+                  f"[{len(finished_ids)}/{len(scripts)}, {elapsed:.0f} s so far, ETA {eta:.0f} s]",
+                  file=sys.stderr, flush=True)
+            if f.code:
+                failed.append(f.script.id)
+
+        finished_ids: list[str] = []
+        run_many(scripts, mode, jobs, started, done)
     if len(scripts) > 1:
-        print(f"{len(scripts) - len(failed)}/{len(scripts)} experiments ok in {total:.1f} s", file=sys.stderr)
+        print(f"{len(scripts) - len(failed)}/{len(scripts)} experiments ok in {time.perf_counter() - start:.1f} s "
+              f"(wall; {total:.1f} s of runs)" + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -1085,6 +1114,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small budget (<= 60 s each)")
     mode.add_argument("--smoke", action="store_true", help="a few steps each (tests)")
+    p.add_argument("--jobs", type=_positive_int, default=None,
+                   help="experiments run side by side, the cores shared among them (default: one per core with "
+                        "--quick / --smoke, 1 for full runs, whose committed results should not share the machine); "
+                        "experiments marked TIMED (speed findings) always run alone")
     p.set_defaults(func=_cmd_exp_run)
 
     tk = sub.add_parser("tokenizer", help="train a tokenizer", description="Train and save tokenizers.")

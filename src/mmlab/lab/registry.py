@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,29 @@ class ExperimentScript:
         doc = ast.get_docstring(ast.parse(self.path.read_text()))
         return doc.strip().splitlines()[0] if doc else ""
 
+    def timed(self) -> bool:
+        """Whether the script says ``TIMED = True``: its findings compare wall-clock speed, so it runs alone,
+        with every core, even when other experiments run side by side."""
+        import ast
+
+        for node in ast.parse(self.path.read_text()).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "TIMED" for t in node.targets):
+                return isinstance(node.value, ast.Constant) and node.value.value is True
+        return False
+
+    def last_runtime(self, mode: str) -> float:
+        """Seconds its last run in this mode took (its results JSON), else its full run's; 0 when unknown."""
+        import json
+
+        for path in (self.lesson_dir / "results" / "quick" / f"{self.path.stem}.json", self.results_json):
+            if mode != "quick" and "quick" in path.parts:
+                continue
+            try:
+                return float(json.loads(path.read_text())["runtime_s"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return 0.0
+
 
 def discover(root: Path | None = None) -> list[ExperimentScript]:
     root = root or modules_root()
@@ -68,9 +92,76 @@ def find(experiment_id: str, root: Path | None = None) -> ExperimentScript:
     raise MMLabError(f"{experiment_id!r} is ambiguous: {', '.join(s.id for s in matches)}")
 
 
+def _command(script: ExperimentScript, mode: str, extra: list[str] | None) -> list[str]:
+    return [sys.executable, str(script.path)] + ([f"--{mode}"] if mode != "full" else []) + list(extra or [])
+
+
 def run(script: ExperimentScript, mode: str = "full", extra: list[str] | None = None) -> tuple[int, float]:
     """Run one experiment in its own process (isolated seeds, threads and memory)."""
-    args = [sys.executable, str(script.path)] + ([f"--{mode}"] if mode != "full" else []) + list(extra or [])
     t0 = time.perf_counter()
-    code = subprocess.run(args).returncode
+    code = subprocess.run(_command(script, mode, extra)).returncode
     return code, time.perf_counter() - t0
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Finished:
+    script: ExperimentScript
+    code: int
+    seconds: float
+    output: str  # what the run printed (stdout and stderr together)
+
+
+def run_many(scripts: list[ExperimentScript], mode: str, jobs: int,
+             on_start: Callable[[ExperimentScript, int], None] | None = None,
+             on_done: Callable[[Finished], None] | None = None) -> list[Finished]:
+    """Run experiments ``jobs`` at a time, each in its own process with ``cores // jobs`` torch threads
+    (a small model does not get twice as fast on two threads, but two models run side by side nearly do). The
+    longest (by their last run) start first, so the last to finish is a short one. A ``TIMED`` experiment runs
+    alone with every core, so its speed findings are measured on a quiet machine. Each run's output is kept
+    and handed to ``on_done`` whole, never interleaved with another's."""
+    import tempfile
+
+    cores = cpu_cores()
+    jobs = max(1, min(jobs, len(scripts) or 1))
+    threads = max(1, cores // jobs)
+    pending = sorted(scripts, key=lambda s: -s.last_runtime(mode)) if jobs > 1 else list(scripts)
+    running: list[tuple[ExperimentScript, subprocess.Popen, float, object, bool]] = []
+    done: list[Finished] = []
+    while pending or running:
+        alone = any(timed for *_, timed in running)
+        while pending and not alone and len(running) < jobs:
+            # a timed run waits until nothing else runs, and then nothing else starts beside it
+            pick = next((s for s in pending if not s.timed()), None) if running else pending[0]
+            if pick is None:
+                break
+            pending.remove(pick)
+            timed = jobs > 1 and pick.timed()
+            env = dict(os.environ)
+            if jobs > 1:
+                env["OMP_NUM_THREADS"] = str(cores if timed else threads)
+            log = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")  # noqa: SIM115 (closed at exit)
+            if on_start:
+                on_start(pick, int(env.get("OMP_NUM_THREADS", 0) or 0))
+            proc = subprocess.Popen(_command(pick, mode, None), stdout=log, stderr=subprocess.STDOUT, env=env)
+            running.append((pick, proc, time.perf_counter(), log, timed))
+            alone = timed
+        time.sleep(0.05)
+        for entry in list(running):
+            script, proc, t0, log, _ = entry
+            if proc.poll() is None:
+                continue
+            running.remove(entry)
+            log.seek(0)
+            finished = Finished(script, proc.returncode, time.perf_counter() - t0, log.read())
+            log.close()
+            done.append(finished)
+            if on_done:
+                on_done(finished)
+    return done

@@ -22,6 +22,8 @@ from mmlab.infer.quant import model_nbytes
 from mmlab.lab import Experiment
 from mmlab.lab.plots import figure
 
+TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
+
 PROMPT_LEN = 16
 
 
