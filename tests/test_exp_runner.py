@@ -91,3 +91,21 @@ def test_an_experiment_with_speed_findings_is_marked_timed(script):
     speed = [f["claim"] for f in findings if SPEED.search(f["claim"])]
     if speed:
         assert script.timed(), f"{script.id} has speed findings ({speed[0]!r}) but no TIMED = True"
+
+
+def test_an_experiment_that_meets_bad_input_says_so_in_one_line(tmp_path, capsys):
+    """Missing data (offline, no mirror) or any other MMLabError: the script's name and the message, exit 2, no
+    traceback, and no results written."""
+    from mmlab.data.registry import DataError
+    from mmlab.lab import Experiment
+
+    def main(exp):
+        raise DataError("cannot download dataset 'tinyshakespeare' (offline?): set MMLAB_DATA_MIRROR")
+
+    with pytest.raises(SystemExit) as stop:
+        Experiment.cli("Q?", main, str(tmp_path / "experiments" / "exp9_x.py"),
+                       ["--smoke", "--out", str(tmp_path / "o")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "exp9_x.py: error: cannot download dataset 'tinyshakespeare' (offline?): set MMLAB_DATA_MIRROR\n"
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

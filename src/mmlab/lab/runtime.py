@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from mmlab.device import environment, resolve_device
+from mmlab.errors import MMLabError
 
 
 def _jsonable(value: Any) -> Any:
@@ -188,6 +189,10 @@ class Experiment:
             threads=args.threads,
             lesson_dir=script.parent.parent,
         )
-        main(exp)
+        try:
+            main(exp)
+        except MMLabError as e:  # bad input or missing data: one line naming it, no traceback, nothing written
+            print(f"{script.name}: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         exp.save()
         return exp
