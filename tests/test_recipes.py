@@ -73,6 +73,9 @@ def test_short_recipe_run_measures_and_samples(name, tmp_path, mirror_file, monk
     # fp32 and no compilation keep the test fast; the recipes' own bf16 + compile path is what
     # test_train's compile test and the committed full runs exercise
     small = {"val_fraction": 0.05} if recipe.eval_data else {}  # a small generated file needs a larger val share
+    # and small batches: the recipes' 32 x 256-token batches and 20 eval batches would make the training loop's
+    # own evaluation 3/4 of this test's time, for a code path that 4 rows and 2 batches exercise as well
+    small |= {"batch_size": 4, "eval_batches": 2}
     result = run_recipe(name, str(tmp_path / "run"), max_iters=4, dtype="fp32", compile=False, **small)
     assert result["mode"] == "smoke"
     assert result["metrics"]["evaluated_step"] <= 4
