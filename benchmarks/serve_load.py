@@ -48,7 +48,6 @@ def build_checkpoint(folder: Path, width: int, vocab: int) -> Path:
 
     if vocab > 1024:  # synthetic stories hold too few words for MiniMind's vocabulary
         from mmlab.data.registry import dataset_path
-
         from mmlab.errors import MMLabError
 
         try:

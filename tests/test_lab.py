@@ -5,12 +5,12 @@ import importlib
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from forkrun import run_script
 from mmlab.docsite.quiz import parse_quiz
 from mmlab.errors import MMLabError
 from mmlab.lab import Experiment
@@ -28,9 +28,10 @@ def test_there_are_experiments():
 
 
 class SmokeRuns:
-    """Every experiment's ``--smoke`` run, as its own process (one torch thread each), started in order on a
-    pool of one worker per CPU core: the test of a script waits for its own run, so the runs overlap with
-    each other instead of running one after another, and each test still checks its own script."""
+    """Every experiment's ``--smoke`` run, as its own process (one torch thread each; forked after the imports,
+    tests/forkrun.py), started in order on a pool of one worker per CPU core: the test of a script waits for its
+    own run, so the runs overlap with each other instead of running one after another, and each test still
+    checks its own script."""
 
     def __init__(self, root: Path, mirror: Path):
         from concurrent.futures import ThreadPoolExecutor
@@ -44,9 +45,8 @@ class SmokeRuns:
         out.mkdir(parents=True)
         env = {**os.environ, "MMLAB_DATA_MIRROR": str(self.mirror), "MMLAB_DATA_DIR": str(out / "cache"),
                "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run([sys.executable, str(script.path), "--smoke", "--out", str(out)], env=env,
-                              capture_output=True, text=True, timeout=300)
-        return proc, out
+        # forked from a process that imported torch and mmlab once (tests/forkrun.py), as `python script` runs
+        return run_script(script.path, ["--smoke", "--out", str(out)], env, out / "logs"), out
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,7 @@ import json
 import logging
 import queue
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -1166,10 +1167,23 @@ def make_server(ckpt: str | Path, config: ServerConfig | None = None, device: st
         raise MMLabError(f"cannot listen on {config.host}:{config.port}: {e.strerror or e}") from None
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a line is logged, not as it was when the handler was made (a test's
+    captured stream is closed when the test ends; a server thread may log after that)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def serve(ckpt: str | Path, config: ServerConfig | None = None, device: str = "auto") -> None:
     """``mmlab serve``: answer requests until Ctrl-C, logging one line per request to stderr."""
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
