@@ -18,8 +18,11 @@ from pathlib import Path
 
 PRELOAD = ["numpy", "torch", "matplotlib", "matplotlib.pyplot", "mmlab.lab", "mmlab.lab.lm", "mmlab.model",
            "mmlab.train"]
-_CTX = multiprocessing.get_context("forkserver")
-_CTX.set_forkserver_preload(PRELOAD)
+try:
+    _CTX = multiprocessing.get_context("forkserver")
+    _CTX.set_forkserver_preload(PRELOAD)
+except ValueError:  # no forkserver (Windows): a fresh interpreter per run, as before
+    _CTX = None
 
 
 def _child(script: str, args: list[str], env: dict[str, str], out: str, err: str) -> None:
@@ -53,6 +56,9 @@ def run_script(script: Path, args: list[str], env: dict[str, str], logs: Path,
                timeout: float = 300) -> subprocess.CompletedProcess:
     """``python script *args`` with environment ``env``; its output is kept in ``logs``/{stdout,stderr}.txt."""
     logs.mkdir(parents=True, exist_ok=True)
+    if _CTX is None:
+        return subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True,
+                              timeout=timeout)
     out, err = logs / "stdout.txt", logs / "stderr.txt"
     proc = _CTX.Process(target=_child, args=(str(script), list(args), dict(env), str(out), str(err)))
     proc.start()
