@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from mmlab.config import get_preset
+from mmlab.lab.registry import cpu_cores
 
 # pytest-xdist (pyproject's addopts: -n auto): each worker's torch gets its share of the cores, not all of them
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+    torch.set_num_threads(max(1, cpu_cores() // _WORKERS))
 
 
 @pytest.fixture(autouse=True)
