@@ -1,5 +1,5 @@
 """`mmlab exp run --all` runs experiments side by side: each in its own process with its share of the cores,
-the TIMED ones (speed findings) alone, every run's output printed whole."""
+the ones in ``registry.TIMED`` (speed findings) alone, every run's output printed whole."""
 
 import json
 import re
@@ -15,7 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # Each fake experiment notes when it ran and with how many threads, and prints two lines.
 SCRIPT = '''"""Question {name}?"""
 import os, sys, time
-{timed}
 t0 = time.time()
 print("{name} first line", flush=True)
 time.sleep({sleep})
@@ -26,12 +25,14 @@ sys.exit({code})
 '''
 
 
-def lesson(tmp_path, experiments):
+def lesson(tmp_path, experiments, monkeypatch):
+    """Fake experiments ``{name: (seconds, timed, exit code)}`` in a modules/ folder under ``tmp_path``."""
+    monkeypatch.setattr("mmlab.lab.registry.TIMED",
+                        frozenset(f"01-lesson/{name}" for name, (_, timed, _) in experiments.items() if timed))
     folder = tmp_path / "modules" / "01-tier" / "01-lesson" / "experiments"
     folder.mkdir(parents=True)
-    for name, (sleep, timed, code) in experiments.items():
-        (folder / f"{name}.py").write_text(SCRIPT.format(name=name, sleep=sleep, code=code,
-                                                         timed="TIMED = True" if timed else ""))
+    for name, (sleep, _, code) in experiments.items():
+        (folder / f"{name}.py").write_text(SCRIPT.format(name=name, sleep=sleep, code=code))
     return tmp_path / "modules"
 
 
@@ -45,7 +46,7 @@ def spans(folder):
 
 def test_runs_overlap_timed_ones_run_alone_and_outputs_stay_whole(tmp_path, monkeypatch):
     root = lesson(tmp_path, {"exp1_a": (0.6, False, 0), "exp2_b": (0.6, False, 0), "exp3_c": (0.6, False, 0),
-                             "exp4_t": (0.3, True, 0), "exp5_f": (0.1, False, 3)})
+                             "exp4_t": (0.3, True, 0), "exp5_f": (0.1, False, 3)}, monkeypatch)
     (tmp_path / "spans").mkdir()
     monkeypatch.setenv("SPANS", str(tmp_path / "spans"))
     monkeypatch.setattr("mmlab.lab.registry.cpu_cores", lambda: 2)
@@ -66,7 +67,7 @@ def test_runs_overlap_timed_ones_run_alone_and_outputs_stay_whole(tmp_path, monk
 
 
 def test_the_command_reports_failures_and_progress(tmp_path, monkeypatch, capsys):
-    root = lesson(tmp_path, {"exp1_a": (0.1, False, 0), "exp2_b": (0.1, False, 1)})
+    root = lesson(tmp_path, {"exp1_a": (0.1, False, 0), "exp2_b": (0.1, False, 1)}, monkeypatch)
     (tmp_path / "spans").mkdir()
     monkeypatch.setenv("SPANS", str(tmp_path / "spans"))
     monkeypatch.setenv("MMLAB_MODULES", str(root))
@@ -86,11 +87,18 @@ SPEED = re.compile(r"faster|slower|speed|tokens/s|tok/s|throughput|time to first
 @pytest.mark.parametrize("script", discover(ROOT / "modules"), ids=lambda s: s.id)
 def test_an_experiment_with_speed_findings_is_marked_timed(script):
     """A finding about speed measured beside another experiment would measure the neighbour: such scripts say
-    TIMED = True (read from their committed findings, so a new speed finding cannot slip through unmarked)."""
+    are listed in ``mmlab.lab.registry.TIMED`` (read from their committed findings, so a new speed finding cannot
+    slip through unlisted)."""
     findings = json.loads(script.results_json.read_text())["findings"]
     speed = [f["claim"] for f in findings if SPEED.search(f["claim"])]
     if speed:
-        assert script.timed(), f"{script.id} has speed findings ({speed[0]!r}) but no TIMED = True"
+        assert script.timed(), f"{script.id} has speed findings ({speed[0]!r}) but is not in mmlab.lab.registry.TIMED"
+
+
+def test_every_timed_entry_names_an_experiment():
+    from mmlab.lab.registry import TIMED
+
+    assert TIMED - {s.id for s in discover(ROOT / "modules")} == set()
 
 
 def test_an_experiment_that_meets_bad_input_says_so_in_one_line(tmp_path, capsys):

@@ -1117,7 +1117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=_positive_int, default=None,
                    help="experiments run side by side, the cores shared among them (default: one per core with "
                         "--quick / --smoke, 1 for full runs, whose committed results should not share the machine); "
-                        "experiments marked TIMED (speed findings) always run alone")
+                        "experiments in mmlab.lab.registry.TIMED (speed findings) always run alone")
     p.set_defaults(func=_cmd_exp_run)
 
     tk = sub.add_parser("tokenizer", help="train a tokenizer", description="Train and save tokenizers.")

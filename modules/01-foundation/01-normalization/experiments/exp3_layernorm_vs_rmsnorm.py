@@ -18,8 +18,6 @@ from mmlab.lab import Experiment
 from mmlab.lab.plots import figure
 from mmlab.model.norm import RMSNorm
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 
 class TorchRMSNorm(nn.Module):
     def __init__(self, dim: int):

@@ -13,8 +13,6 @@ from mmlab.lab import Experiment
 from mmlab.lab.lm import shakespeare_config, train_lm
 from mmlab.lab.plots import figure
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 
 def fp16_autocast_runs(device: str) -> bool:
     try:

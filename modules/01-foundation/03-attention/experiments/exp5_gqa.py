@@ -22,8 +22,6 @@ from mmlab.lab.plots import figure
 from mmlab.model import MiniMindLM
 from mmlab.model.summary import kv_cache_bytes_per_token
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 VARIANTS = {"MHA (8 KV heads)": 8, "GQA (2 KV heads)": 2, "MQA (1 KV head)": 1}
 
 

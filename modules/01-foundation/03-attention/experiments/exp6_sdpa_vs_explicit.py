@@ -19,8 +19,6 @@ from mmlab.lab import Experiment
 from mmlab.lab.plots import figure
 from mmlab.model.attention import _sdpa, explicit_attention
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 H, D = 8, 64
 
 # Run in a child process: reset the peak-RSS counter after the inputs exist, run forward + backward once,

@@ -13,8 +13,6 @@ from mmlab.lab import Experiment
 from mmlab.lab.lm import shakespeare_config, train_lm
 from mmlab.lab.plots import figure
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 RATIOS = [Fraction(1), Fraction(2), Fraction(8, 3), Fraction(4), Fraction(8)]
 
 

@@ -10,8 +10,6 @@ from mmlab.lab import Experiment
 from mmlab.lab.lm import shakespeare_config, train_lm
 from mmlab.lab.plots import figure
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 SHAPES = [(2, 176), (4, 128), (8, 88), (16, 64)]
 
 

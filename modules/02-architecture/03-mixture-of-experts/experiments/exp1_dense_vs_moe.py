@@ -14,8 +14,6 @@ from mmlab.lab.lm import shakespeare_config, train_lm
 from mmlab.lab.plots import figure
 from mmlab.model.summary import active_params
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 VARIANTS = {
     "dense": {"ffn_size": 384},
     "MoE 4 experts, top-1": {"ffn_size": 384, "n_experts": 4, "n_experts_per_tok": 1},

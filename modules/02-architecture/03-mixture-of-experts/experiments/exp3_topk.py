@@ -10,8 +10,6 @@ from mmlab.lab.lm import shakespeare_config, train_lm
 from mmlab.lab.plots import figure
 from mmlab.model.summary import active_params
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 
 def main(exp: Experiment) -> None:
     steps = exp.pick(full=800, quick=40, smoke=2)

@@ -27,8 +27,6 @@ from mmlab.lab.plots import figure
 from mmlab.model import MiniMindLM
 from mmlab.model.summary import kv_cache_bytes
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 WINDOW = 256
 VARIANTS = {
     "full attention (GQA 8:2)": {},

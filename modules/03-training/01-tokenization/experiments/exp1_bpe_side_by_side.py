@@ -19,8 +19,6 @@ from mmlab.tokenizer.base import SPECIAL_TOKENS
 from mmlab.tokenizer.bpe import train_bpe
 from mmlab.tokenizer.teaching_bpe import TeachingBPE
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 
 def hf_learned_tokens(tok) -> list[bytes]:
     """HF's merges as byte strings, in the order learned (its byte-level alphabet mapped back to bytes)."""

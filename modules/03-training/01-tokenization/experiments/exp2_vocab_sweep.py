@@ -20,8 +20,6 @@ from mmlab.lab.lm import document_splits, train_on_text
 from mmlab.lab.plots import figure
 from mmlab.tokenizer.bpe import train_bpe
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 
 def main(exp: Experiment) -> None:
     sizes = exp.pick(full=[259, 1024, 6400, 16384], quick=[259, 1024, 6400], smoke=[259, 300])

@@ -14,8 +14,6 @@ from mmlab.lab.plots import figure
 from mmlab.tokenizer.bpe import train_bpe
 from mmlab.tokenizer.char import CharTokenizer
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 
 def main(exp: Experiment) -> None:
     steps = exp.pick(full=1000, quick=60, smoke=2)

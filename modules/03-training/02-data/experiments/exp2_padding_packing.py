@@ -20,8 +20,6 @@ from mmlab.lab.lm import train_lm
 from mmlab.lab.plots import figure
 from mmlab.model.lm import IGNORE_INDEX
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 
 def main(exp: Experiment) -> None:
     steps = exp.pick(full=400, quick=30, smoke=2)

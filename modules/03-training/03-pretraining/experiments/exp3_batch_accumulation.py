@@ -14,8 +14,6 @@ from _common import BLOCK, run
 from mmlab.lab import Experiment
 from mmlab.lab.plots import figure
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 LR = 3e-3
 
 

@@ -17,8 +17,6 @@ from mmlab.model.lm import MiniMindLM
 from mmlab.train.config import TrainConfig
 from mmlab.train.optim import build_optimizer
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 
 def state_bytes(optimizer_name: str, **kw) -> int:
     """Bytes of optimizer state after one step (momentum and second-moment buffers)."""

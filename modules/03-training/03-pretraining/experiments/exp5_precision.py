@@ -20,8 +20,6 @@ from mmlab.model.lm import MiniMindLM
 from mmlab.train.config import TrainConfig
 from mmlab.train.optim import build_optimizer
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 LR = 3e-3
 
 

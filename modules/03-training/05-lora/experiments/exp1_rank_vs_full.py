@@ -23,8 +23,6 @@ from mmlab.lab.plots import figure
 from mmlab.lab.posttrain import base_settings
 from mmlab.model.lora import LoRAConfig
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 
 def main(exp: Experiment) -> None:
     steps = exp.pick(full=600, quick=60, smoke=2)

@@ -25,8 +25,6 @@ from mmlab.model.lm import MiniMindLM
 from mmlab.train.checkpoint import load_model
 from mmlab.train.distill import DistillLoss
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 SETTINGS = [("hard labels", 1.0, 0.0), ("soft, T = 1", 1.0, 1.0), ("soft, T = 2", 2.0, 1.0),
             ("soft, T = 4", 4.0, 1.0)]  # (name, temperature, alpha: the soft term's weight)
 

@@ -22,8 +22,6 @@ from mmlab.lab.lm import shakespeare_tokens
 from mmlab.lab.plots import figure
 from mmlab.model.lm import MiniMindLM
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 PROMPT_LEN = 16
 
 

@@ -23,8 +23,6 @@ from mmlab.lab.plots import figure
 from mmlab.model.lm import MiniMindLM
 from mmlab.model.summary import kv_cache_bytes_per_token, param_breakdown
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 VARIANTS = {"MHA": 8, "GQA": 2, "MQA": 1}  # KV heads of 8 query heads
 
 

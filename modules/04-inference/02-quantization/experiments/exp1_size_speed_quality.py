@@ -22,8 +22,6 @@ from mmlab.infer.quant import model_nbytes
 from mmlab.lab import Experiment
 from mmlab.lab.plots import figure
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 PROMPT_LEN = 16
 
 

@@ -29,8 +29,6 @@ from mmlab.infer.speculative import speculative_generate
 from mmlab.lab import Experiment
 from mmlab.lab.plots import figure
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 MODES = {"greedy": 0.0, "sampled (T=1)": 1.0}
 
 

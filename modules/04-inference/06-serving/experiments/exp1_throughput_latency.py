@@ -38,8 +38,6 @@ from mmlab.device import cpu_label
 from mmlab.lab import Experiment
 from mmlab.lab.plots import figure
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 CLIENTS = (1, 4, 16)
 METRICS = ("tokens_per_s", "ttft_p50_s", "ttft_p95_s", "latency_p50_s", "latency_p95_s", "wall_s")
 

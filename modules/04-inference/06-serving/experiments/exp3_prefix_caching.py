@@ -31,8 +31,6 @@ from mmlab.device import cpu_label
 from mmlab.lab import Experiment
 from mmlab.lab.plots import figure
 
-TIMED = True  # its findings compare speed: `mmlab exp run --all` runs it alone, with every core
-
 CLIENTS = 4
 METRICS = ("ttft_p50_s", "ttft_p95_s", "latency_p50_s", "latency_p95_s", "wall_s", "tokens_per_s")
 
