@@ -17,6 +17,11 @@ matmul peak of this process in the same dtype (an n x n x n GEMM, measured first
 
 The first compiled step's time is compilation plus a step: run with an empty ``TORCHINDUCTOR_CACHE_DIR`` for
 the cold cost and again for the warm one (results/cpu_step_quick_compile_{cold,warm}_cache.json).
+
+On a CPU without AVX512-BF16 or AMX (``mmlab.device.bf16_supported`` is False), bf16 is emulated: a GEMM runs
+at ~1 GFLOP/s against ~100 in fp32, so one minimind-26m step would take minutes. There the bf16 variants and
+sweeps are left out (``"bf16": "skipped: ..."`` in the JSON, with the emulated peak measured on a small GEMM)
+unless ``--emulated-bf16`` asks for them.
 """
 
 from __future__ import annotations
@@ -95,16 +100,16 @@ def interleaved(steps: dict, rounds: int, per_round: int, warmup: int = 3) -> di
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_model(name: str, rounds: int, per_round: int, peaks: dict[str, float], compiled: bool) -> dict:
+def bench_model(name: str, rounds: int, per_round: int, peaks: dict[str, float], compiled: bool,
+                dtypes: tuple[str, ...] = ("fp32", "bf16")) -> dict:
     spec, batch, block = MODELS[name]
-    variants = {f"{kind} {dtype}": (kind == "fused", dtype) for dtype in ("fp32", "bf16")
-                for kind in ("plain", "fused")}
+    variants = {f"{kind} {dtype}": (kind == "fused", dtype) for dtype in dtypes for kind in ("plain", "fused")}
     steps, flops = {}, 0.0
     for label, (fused, dtype) in variants.items():
         steps[label], flops = make_step(model_config(spec, fused_ops=fused), batch, block, dtype)
     first_step_s = {}
     if compiled:
-        for dtype in ("fp32", "bf16"):
+        for dtype in dtypes:
             step, _ = make_step(model_config(spec, fused_ops=False), batch, block, dtype, compiled=True)
             t = time.perf_counter()
             step()
@@ -135,7 +140,7 @@ def bf16_crossover(rounds: int, per_round: int) -> list[dict]:
     return rows
 
 
-def sdpa_sweep(repeats: int, lengths=SDPA_LENGTHS) -> list[dict]:
+def sdpa_sweep(repeats: int, lengths=SDPA_LENGTHS, bf16: bool = True) -> list[dict]:
     """Causal SDPA, forward and forward+backward, fp32 vs bf16, 8 heads of 64, batch x length = 4096 tokens."""
     import torch.nn.functional as F
 
@@ -143,7 +148,7 @@ def sdpa_sweep(repeats: int, lengths=SDPA_LENGTHS) -> list[dict]:
     for n in lengths:
         shape = (max(1, 4096 // n), 8, n, 64)
         row = {"length": n, "shape": list(shape)}
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in (torch.float32, torch.bfloat16) if bf16 else (torch.float32,):
             q, k, v = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
             g = torch.randn(shape, dtype=dtype)
 
@@ -157,30 +162,41 @@ def sdpa_sweep(repeats: int, lengths=SDPA_LENGTHS) -> list[dict]:
             ms = interleaved({"fwd": fwd, "fwd_bwd": fwd_bwd}, repeats, 1, warmup=2)
             tag = "fp32" if dtype == torch.float32 else "bf16"
             row[f"{tag}_fwd_ms"], row[f"{tag}_fwd_bwd_ms"] = ms["fwd"], ms["fwd_bwd"]
-        row["bf16_over_fp32_fwd_bwd"] = row["bf16_fwd_bwd_ms"] / row["fp32_fwd_bwd_ms"]
+        if bf16:
+            row["bf16_over_fp32_fwd_bwd"] = row["bf16_fwd_bwd_ms"] / row["fp32_fwd_bwd_ms"]
         rows.append(row)
     return rows
 
 
 def main() -> None:
-    from mmlab.device import environment, matmul_peak, training_dtype
+    from mmlab.device import bf16_supported, environment, matmul_peak, training_dtype
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 rounds, the baby model, a short sweep")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd plain steps")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--emulated-bf16", action="store_true",
+                        help="time bf16 even where the CPU only emulates it (very slow: ~1 GFLOP/s GEMMs)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds, per_round = (3, 2) if args.quick else (7, 4)
-    peaks = {"fp32": matmul_peak(torch.float32, repeats=10), "bf16": matmul_peak(torch.bfloat16, repeats=10)}
+    native = bf16_supported(torch.device("cpu"))
+    bf16 = native or args.emulated_bf16
+    peaks = {"fp32": matmul_peak(torch.float32, repeats=10),
+             "bf16": matmul_peak(torch.bfloat16, repeats=10) if bf16 else matmul_peak(torch.bfloat16, n=256, repeats=3)}
     models = ["baby"] if args.quick else list(MODELS)
+    dtypes = ("fp32", "bf16") if bf16 else ("fp32",)
     out = {"benchmark": "cpu_step", "quick": args.quick, "lscpu": lscpu(), "environment": environment(),
            "matmul_peak_gflops": peaks,
-           "models": [bench_model(m, rounds, per_round if m != "minimind-26m" else 1, peaks, args.compile)
+           "bf16": "timed" if native else ("timed, emulated" if bf16 else
+                                           "skipped: this CPU has neither AVX512-BF16 nor AMX, so bf16 is emulated "
+                                           f"({peaks['bf16']:.1f} GFLOP/s on a 256 x 256 x 256 GEMM, against "
+                                           f"{peaks['fp32']:.0f} for fp32 at 1024); --emulated-bf16 times it anyway"),
+           "models": [bench_model(m, rounds, per_round if m != "minimind-26m" else 1, peaks, args.compile, dtypes)
                       for m in models],
-           "bf16_crossover": bf16_crossover(rounds, per_round) if not args.quick else [],
-           "sdpa": sdpa_sweep(3, SDPA_LENGTHS[:2]) if args.quick else sdpa_sweep(7)}
+           "bf16_crossover": bf16_crossover(rounds, per_round) if not args.quick and bf16 else [],
+           "sdpa": sdpa_sweep(3, SDPA_LENGTHS[:2], bf16) if args.quick else sdpa_sweep(7, bf16=bf16)}
     cpu = torch.device("cpu")
     choice = {m["model"]: training_dtype(cpu, model_config(MODELS[m["model"]][0])) for m in out["models"]}
     out["auto_dtype"] = {k: {"dtype": v[0], "why": v[1]} for k, v in choice.items()}

@@ -14,7 +14,9 @@ reach nanoGPT's 1.886 count training time only (evaluation and checkpoints exclu
     python benchmarks/pretrain_cpu.py --quick         # 60 iterations, the 4 uncompiled runs (for tests)
     python benchmarks/pretrain_cpu.py --runs modern-fp32 --lr 3e-3
 
-Needs TinyShakespeare (MMLAB_DATA_MIRROR or the cache).
+Needs TinyShakespeare (MMLAB_DATA_MIRROR or the cache). On a CPU without AVX512-BF16 or AMX, bf16 is only
+emulated (GEMMs ~100x slower than fp32's): the bf16 runs are left out unless ``--runs`` names them, and the JSON
+says so (``"skipped"``).
 """
 
 from __future__ import annotations
@@ -127,8 +129,18 @@ def main() -> None:
     if args.one:
         print(json.dumps(one_run(args.one, iters, args.lr, eval_interval)))
         return
+    import torch
+
+    from mmlab.device import bf16_supported
+
+    runs = args.runs or (RUNS if args.quick else RUNS + COMPILED)
+    skipped = {}
+    if not args.runs and not bf16_supported(torch.device("cpu")):
+        skipped = {r: "this CPU has neither AVX512-BF16 nor AMX: bf16 is emulated, far slower than fp32"
+                   for r in runs if "-bf16" in r}
+        runs = [r for r in runs if r not in skipped]
     results = []
-    for name in args.runs or (RUNS if args.quick else RUNS + COMPILED):
+    for name in runs:
         cmd = [sys.executable, __file__, "--one", name, "--iters", str(iters)]
         if args.lr:
             cmd += ["--lr", str(args.lr)]
@@ -136,8 +148,6 @@ def main() -> None:
         if proc.returncode != 0:
             sys.exit(f"run {name} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    import torch
-
     print(json.dumps({
         "benchmark": "pretrain_cpu",
         "setting": "nanoGPT baby GPT: 4 layers, 4 heads, 128 hidden, block 64, batch 12, char vocab",
@@ -146,6 +156,7 @@ def main() -> None:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "results": results,
+        "skipped": skipped,
     }, indent=2))
 
 
