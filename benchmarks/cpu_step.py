@@ -18,10 +18,10 @@ matmul peak of this process in the same dtype (an n x n x n GEMM, measured first
 The first compiled step's time is compilation plus a step: run with an empty ``TORCHINDUCTOR_CACHE_DIR`` for
 the cold cost and again for the warm one (results/cpu_step_quick_compile_{cold,warm}_cache.json).
 
-On a CPU without AVX512-BF16 or AMX (``mmlab.device.bf16_supported`` is False), bf16 is emulated: a GEMM runs
-at ~1 GFLOP/s against ~100 in fp32, so one minimind-26m step would take minutes. There the bf16 variants and
-sweeps are left out (``"bf16": "skipped: ..."`` in the JSON, with the emulated peak measured on a small GEMM)
-unless ``--emulated-bf16`` asks for them.
+On a CPU without AVX512-BF16 or AMX (``mmlab.device.bf16_supported`` is False), bf16 is emulated, its GEMMs far
+slower than fp32's (the JSON's ``matmul_peak_gflops`` says how much), so the full run would take hours. There the
+bf16 variants and sweeps are left out (``"bf16": "skipped: ..."`` in the JSON, with the emulated peak measured
+on a small GEMM) unless ``--emulated-bf16`` asks for them.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd plain steps")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--emulated-bf16", action="store_true",
-                        help="time bf16 even where the CPU only emulates it (very slow: ~1 GFLOP/s GEMMs)")
+                        help="time bf16 even where the CPU only emulates it (far slower than fp32)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -190,7 +190,7 @@ def main() -> None:
     out = {"benchmark": "cpu_step", "quick": args.quick, "lscpu": lscpu(), "environment": environment(),
            "matmul_peak_gflops": peaks,
            "bf16": "timed" if native else ("timed, emulated" if bf16 else
-                                           "skipped: this CPU has neither AVX512-BF16 nor AMX, so bf16 is emulated "
+                                           f"skipped: {training_dtype(torch.device('cpu'))[1]} "
                                            f"({peaks['bf16']:.1f} GFLOP/s on a 256 x 256 x 256 GEMM, against "
                                            f"{peaks['fp32']:.0f} for fp32 at 1024); --emulated-bf16 times it anyway"),
            "models": [bench_model(m, rounds, per_round if m != "minimind-26m" else 1, peaks, args.compile, dtypes)

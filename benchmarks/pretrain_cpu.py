@@ -15,7 +15,7 @@ reach nanoGPT's 1.886 count training time only (evaluation and checkpoints exclu
     python benchmarks/pretrain_cpu.py --runs modern-fp32 --lr 3e-3
 
 Needs TinyShakespeare (MMLAB_DATA_MIRROR or the cache). On a CPU without AVX512-BF16 or AMX, bf16 is only
-emulated (GEMMs ~100x slower than fp32's): the bf16 runs are left out unless ``--runs`` names them, and the JSON
+emulated (its GEMMs far slower than fp32's): the bf16 runs are left out unless ``--runs`` names them, and the JSON
 says so (``"skipped"``).
 """
 
@@ -131,13 +131,13 @@ def main() -> None:
         return
     import torch
 
-    from mmlab.device import bf16_supported
+    from mmlab.device import bf16_supported, training_dtype
 
     runs = args.runs or (RUNS if args.quick else RUNS + COMPILED)
     skipped = {}
     if not args.runs and not bf16_supported(torch.device("cpu")):
-        skipped = {r: "this CPU has neither AVX512-BF16 nor AMX: bf16 is emulated, far slower than fp32"
-                   for r in runs if "-bf16" in r}
+        why = training_dtype(torch.device("cpu"))[1]
+        skipped = {r: why for r in runs if "-bf16" in r}
         runs = [r for r in runs if r not in skipped]
     results = []
     for name in runs:
