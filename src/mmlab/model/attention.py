@@ -162,7 +162,7 @@ _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 # On the CPU, SDPA's bf16 backward pass is slower than its fp32 one for short sequences (2.7x at 64 tokens,
-# 1.3x at 128) and faster for long ones (0.8x at 512): benchmarks/cpu_kernels.py measures it. Below this
+# 1.3x at 128) and faster for long ones (0.8x at 512): benchmarks/cpu_step.py measures it. Below this
 # many keys, training in bf16 autocast computes attention in fp32 (the inputs widened, the output rounded back).
 CPU_BF16_SDPA_MIN_KEYS = 256
 
