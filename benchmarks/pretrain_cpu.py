@@ -7,8 +7,9 @@ Two architectures of our one model at that size:
   * modern: RMSNorm, RoPE, SwiGLU (our defaults; MHA at 4 heads), lr 2e-3 (tuned);
 each in fp32 and bf16 autocast, and each in fp32 with torch.compile. Each run is a child process
 (so peak RSS is its own); the matmul peak that MFU is measured against (fp32, and the run's dtype) is
-measured in the same child, right before and after training, the higher kept. Validation loss: 100 fixed batches every 125 steps; the seconds to
-reach nanoGPT's 1.886 count training time only (evaluation and checkpoints excluded).
+measured in the same child, right before and after training, the higher kept. Validation loss: 100 fixed
+batches every 125 steps; the seconds to reach nanoGPT's 1.886 count training time only (evaluation and
+checkpoints excluded).
 
     python benchmarks/pretrain_cpu.py                 # full: 6 runs x 2000 iterations (~12 min)
     python benchmarks/pretrain_cpu.py --quick         # 60 iterations, the 4 uncompiled runs (for tests)
